@@ -1,0 +1,139 @@
+// Per-row softmax statistics and logit gradients over one row of V fp32 logits.
+// Plain loops that GCC vectorizes (-O3 -fopenmp-simd); on x86-64 each is compiled for AVX-512,
+// AVX2+FMA and the baseline, the best picked at load time (target_clones).
+#pragma once
+#include <cstdint>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+namespace saferegx::cpu {
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define SAFEREGX_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define SAFEREGX_CLONES
+#endif
+
+// exp(x) to ~2 ulp (Cephes range reduction + degree-6 polynomial) in a form that vectorizes,
+// unlike libm's expf. Inputs below -87 give ~1e-38 instead of 0: harmless next to the row max.
+static inline float fast_exp(float x) {
+  x = x < -87.0f ? -87.0f : x;
+  x = x > 88.0f ? 88.0f : x;
+  const float n = __builtin_floorf(x * 1.44269504088896341f + 0.5f);
+  const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+  float y = 1.9875691500e-4f;
+  y = y * r + 1.3981999507e-3f;
+  y = y * r + 8.3334519073e-3f;
+  y = y * r + 4.1665795894e-2f;
+  y = y * r + 1.6666665459e-1f;
+  y = y * r + 5.0000001201e-1f;
+  y = y * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return y * scale;
+}
+
+// float64 is the test oracle's precision: libm's exp, no shortcuts.
+static inline double fast_exp(double x) { return std::exp(x); }
+
+// Rows are summed in blocks in fp32 lanes, blocks in double: error ~ block/lanes ulp, not V.
+constexpr int64_t kSumBlock = 1024;
+
+template <typename T>
+static inline __attribute__((always_inline)) T row_max_t(const T* x, int64_t n) {
+  T m = -std::numeric_limits<T>::max();
+#pragma omp simd reduction(max : m)
+  for (int64_t i = 0; i < n; ++i) m = x[i] > m ? x[i] : m;
+  return m;
+}
+
+// sum exp(x - m)
+template <typename T>
+static inline __attribute__((always_inline)) double row_sum_exp_t(const T* x, int64_t n, T m) {
+  double total = 0.0;
+  for (int64_t s = 0; s < n; s += kSumBlock) {
+    const int64_t e = s + kSumBlock < n ? s + kSumBlock : n;
+    T acc = 0;
+#pragma omp simd reduction(+ : acc)
+    for (int64_t i = s; i < e; ++i) acc += fast_exp(x[i] - m);
+    total += acc;
+  }
+  return total;
+}
+
+// With a' = a - ma, b' = b - mb: Sa = sum e^a', Sb = sum e^b', T = sum e^b' (b' - a').
+// Then KL(softmax b || softmax a) = T / Sb + log Sa - log Sb: the row maxima cancel exactly,
+// so equal rows give KL = 0 even for logits ~1e3. Forward KL is (a, b) = (z, r), reverse (r, z).
+template <typename T>
+static inline __attribute__((always_inline)) void row_kl_sums_t(const T* a, const T* b, int64_t n, T ma, T mb, double* sa, double* sb, double* t) {
+  double tsa = 0.0, tsb = 0.0, tt = 0.0;
+  for (int64_t s = 0; s < n; s += kSumBlock) {
+    const int64_t e = s + kSumBlock < n ? s + kSumBlock : n;
+    T acc_a = 0, acc_b = 0, acc_t = 0;
+#pragma omp simd reduction(+ : acc_a, acc_b, acc_t)
+    for (int64_t i = s; i < e; ++i) {
+      const T xa = a[i] - ma, xb = b[i] - mb;
+      const T eb = fast_exp(xb);
+      acc_a += fast_exp(xa);
+      acc_b += eb;
+      acc_t += eb * (xb - xa);
+    }
+    tsa += acc_a;
+    tsb += acc_b;
+    tt += acc_t;
+  }
+  *sa = tsa;
+  *sb = tsb;
+  *t = tt;
+}
+
+// z <- ca * softmax(z)  (the CE part of dL/dz before the -ca at the label)
+template <typename T>
+static inline __attribute__((always_inline)) void row_grad_ce_t(T* z, int64_t n, T lse_z, T ca) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) z[i] = ca * fast_exp(z[i] - lse_z);
+}
+
+// forward KL(q || p): z <- (ca + cb) p - cb q
+template <typename T>
+static inline __attribute__((always_inline)) void row_grad_forward_t(T* z, const T* r, int64_t n, T lse_z, T lse_r, T ca, T cb) {
+  const T cp = ca + cb;
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) z[i] = cp * fast_exp(z[i] - lse_z) - cb * fast_exp(r[i] - lse_r);
+}
+
+// reverse KL(p || q): z <- p (ca + cb (log p - log q - KL))
+template <typename T>
+static inline __attribute__((always_inline)) void row_grad_reverse_t(T* z, const T* r, int64_t n, T lse_z, T lse_r, T kl, T ca, T cb) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    const T lp = z[i] - lse_z;
+    z[i] = fast_exp(lp) * (ca + cb * (lp - (r[i] - lse_r) - kl));
+  }
+}
+
+
+// Entry points: float is cloned per ISA (the template bodies inline into each clone); double is
+// plain. Overloads keep the kernel code dtype-generic.
+#define SAFEREGX_ENTRY(ATTR, T)                                                                 \
+  ATTR static T row_max(const T* x, int64_t n) { return row_max_t(x, n); }                      \
+  ATTR static double row_sum_exp(const T* x, int64_t n, T m) { return row_sum_exp_t(x, n, m); } \
+  ATTR static void row_kl_sums(const T* a, const T* b, int64_t n, T ma, T mb, double* sa,      \
+                               double* sb, double* t) {                                        \
+    row_kl_sums_t(a, b, n, ma, mb, sa, sb, t);                                                  \
+  }                                                                                             \
+  ATTR static void row_grad_ce(T* z, int64_t n, T lse_z, T ca) { row_grad_ce_t(z, n, lse_z, ca); } \
+  ATTR static void row_grad_forward(T* z, const T* r, int64_t n, T lse_z, T lse_r, T ca, T cb) { \
+    row_grad_forward_t(z, r, n, lse_z, lse_r, ca, cb);                                          \
+  }                                                                                             \
+  ATTR static void row_grad_reverse(T* z, const T* r, int64_t n, T lse_z, T lse_r, T kl, T ca,   \
+                                    T cb) {                                                     \
+    row_grad_reverse_t(z, r, n, lse_z, lse_r, kl, ca, cb);                                      \
+  }
+SAFEREGX_ENTRY(SAFEREGX_CLONES, float)
+SAFEREGX_ENTRY(, double)
+#undef SAFEREGX_ENTRY
+
+}  // namespace saferegx::cpu

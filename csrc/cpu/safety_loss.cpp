@@ -1,0 +1,336 @@
+// CPU kernels of saferegx::safety_loss_fwd / safety_loss_bwd.
+//
+// Rows are processed in chunks. For each chunk the policy logits z = h W^T and the reference
+// logits r = g W_ref^T are formed as fp32 tiles [chunk, V] by ATen GEMMs (one GEMM for both when
+// the head is shared, so W is read once), the per-row softmax statistics are taken in place
+// (parallel over rows), dL/dz overwrites z, and dh = dz W, dW += dz^T h finish the chunk.
+// Three GEMMs in all, memory O(chunk * V), never an [N, V] buffer.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <optional>
+#include <tuple>
+#include <utility>
+
+#include "row_kernels.h"
+
+namespace saferegx::cpu {
+namespace {
+
+constexpr int64_t kReductionNone = 0, kReductionMean = 1, kReductionSum = 2;
+constexpr int64_t kForwardKL = 0, kReverseKL = 1;
+
+// Rows per tile: the tiles hold chunk x V fp32 logits (twice with a reference), ~64 MiB in all.
+int64_t chunk_rows(int64_t V, bool has_ref) {
+  if (const char* env = std::getenv("SAFEREGX_CPU_CHUNK")) {
+    const long v = std::atol(env);
+    if (v > 0) return v;
+  }
+  const int64_t bytes_per_row = std::max<int64_t>(V, 1) * 4 * (has_ref ? 2 : 1);
+  return std::clamp<int64_t>((int64_t{64} << 20) / bytes_per_row, 16, 1024);
+}
+
+// fp32 accumulation for fp32/bf16/fp16 inputs; float64 inputs (the test oracle's) stay float64.
+at::ScalarType acc_type(const at::Tensor& t) {
+  return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+at::Tensor as_acc(const at::Tensor& t, at::ScalarType acc) { return t.to(acc).contiguous(); }
+
+template <typename T>
+struct Problem {
+  at::Tensor h, w, g, wr;  // T contiguous; g undefined without a reference, wr when shared
+  at::Tensor labels;       // int64 contiguous
+  at::Tensor alpha, beta;  // T contiguous per-row weights, undefined = 1
+  int64_t N = 0, D = 0, V = 0, ignore_index = -100, kl_mode = kForwardKL;
+  bool has_ref = false, shared = true;
+
+  T alpha_at(int64_t i) const { return alpha.defined() ? alpha.template data_ptr<T>()[i] : T(1); }
+  T beta_at(int64_t i) const {
+    if (!has_ref) return T(0);
+    return beta.defined() ? beta.template data_ptr<T>()[i] : T(1);
+  }
+};
+
+template <typename T>
+Problem<T> make_problem(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& labels,
+                     const std::optional<at::Tensor>& ref_hidden,
+                     const std::optional<at::Tensor>& ref_weight,
+                     const std::optional<at::Tensor>& ce_weight,
+                     const std::optional<at::Tensor>& kl_weight, int64_t kl_mode,
+                     int64_t ignore_index) {
+  TORCH_CHECK(hidden.dim() == 2 && weight.dim() == 2, "hidden and weight must be 2-D");
+  TORCH_CHECK(hidden.size(1) == weight.size(1), "hidden and weight disagree on D");
+  TORCH_CHECK(labels.dim() == 1 && labels.size(0) == hidden.size(0), "labels must be [N]");
+  TORCH_CHECK(kl_mode == kForwardKL || kl_mode == kReverseKL, "kl_mode must be 0 or 1");
+  Problem<T> p;
+  const auto acc = acc_type(hidden);
+  p.N = hidden.size(0);
+  p.D = hidden.size(1);
+  p.V = weight.size(0);
+  p.kl_mode = kl_mode;
+  p.ignore_index = ignore_index;
+  p.h = as_acc(hidden, acc);
+  p.w = as_acc(weight, acc);
+  p.labels = labels.to(at::kLong).contiguous();
+  p.has_ref = ref_hidden.has_value();
+  if (p.has_ref) {
+    TORCH_CHECK(ref_hidden->sizes() == hidden.sizes(), "ref_hidden must have hidden's shape");
+    p.g = as_acc(*ref_hidden, acc);
+    p.shared = !ref_weight.has_value() || ref_weight->is_same(weight);
+    if (!p.shared) {
+      TORCH_CHECK(ref_weight->sizes() == weight.sizes(), "ref_weight must have weight's shape");
+      p.wr = as_acc(*ref_weight, acc);
+    }
+  }
+  for (const auto* rw : {&ce_weight, &kl_weight})
+    if (rw->has_value())
+      TORCH_CHECK((*rw)->dim() == 1 && (*rw)->size(0) == p.N, "per-row weights must be [N]");
+  if (ce_weight.has_value()) p.alpha = as_acc(*ce_weight, acc);
+  if (kl_weight.has_value()) p.beta = as_acc(*kl_weight, acc);
+  const int64_t* y = p.labels.template data_ptr<int64_t>();
+  for (int64_t i = 0; i < p.N; ++i)
+    TORCH_CHECK(y[i] == ignore_index || (y[i] >= 0 && y[i] < p.V), "label ", y[i],
+                " at row ", i, " is outside [0, ", p.V, ")");
+  return p;
+}
+
+// Reusable accumulation-type tiles for one chunk of rows.
+template <typename T>
+struct Tiles {
+  at::Tensor logits;   // [chunk, V], or [2 * chunk, V] with the reference below the policy
+  at::Tensor stacked;  // [2 * chunk, D]: policy and reference rows for the shared-head GEMM
+
+  Tiles(const Problem<T>& p, int64_t chunk) {
+    const auto f = p.h.options();
+    logits = at::empty({chunk * (p.has_ref ? 2 : 1), p.V}, f);
+    if (p.has_ref && p.shared) stacked = at::empty({2 * chunk, p.D}, f);
+  }
+
+  // z = h W^T (and r = g W_ref^T) for rows [s, s + c); returns views (z, r) into `logits`.
+  std::pair<at::Tensor, at::Tensor> fill(const Problem<T>& p, int64_t s, int64_t c) {
+    const auto hc = p.h.narrow(0, s, c);
+    if (!p.has_ref) {
+      auto z = logits.narrow(0, 0, c);
+      at::mm_out(z, hc, p.w.t());
+      return {z, at::Tensor()};
+    }
+    auto zr = logits.narrow(0, 0, 2 * c);
+    if (p.shared) {
+      auto st = stacked.narrow(0, 0, 2 * c);
+      st.narrow(0, 0, c).copy_(hc);
+      st.narrow(0, c, c).copy_(p.g.narrow(0, s, c));
+      at::mm_out(zr, st, p.w.t());
+    } else {
+      auto z = zr.narrow(0, 0, c), r = zr.narrow(0, c, c);
+      at::mm_out(z, hc, p.w.t());
+      at::mm_out(r, p.g.narrow(0, s, c), p.wr.t());
+    }
+    return {zr.narrow(0, 0, c), zr.narrow(0, c, c)};
+  }
+};
+
+// Overwrites the row z with dL/dz = ca (p - onehot(y)) + cb dKL/dz.
+template <typename T>
+void row_grad(const Problem<T>& p, T* z, const T* r, int64_t y, T lse_z, T lse_r, T kl, T ca,
+              T cb) {
+  if (!p.has_ref || cb == T(0)) {
+    row_grad_ce(z, p.V, lse_z, ca);
+  } else if (p.kl_mode == kForwardKL) {
+    row_grad_forward(z, r, p.V, lse_z, lse_r, ca, cb);
+  } else {
+    row_grad_reverse(z, r, p.V, lse_z, lse_r, kl, ca, cb);
+  }
+  z[y] -= ca;
+}
+
+// dh[s:s+c] = dz W and dW += dz^T h[s:s+c] (each only when asked for).
+template <typename T>
+void accumulate_grads(const Problem<T>& p, const at::Tensor& dz, int64_t s, int64_t c,
+                      at::Tensor& dh, at::Tensor& dw) {
+  if (dh.numel()) {
+    auto out = dh.narrow(0, s, c);
+    at::mm_out(out, dz, p.w);
+  }
+  if (dw.numel()) dw.addmm_(dz.t(), p.h.narrow(0, s, c));
+}
+
+template <typename T>
+std::tuple<at::Tensor, at::Tensor> grad_buffers(const Problem<T>& p, bool grad_hidden,
+                                                bool grad_weight) {
+  const auto f = p.h.options();
+  return {grad_hidden ? at::empty({p.N, p.D}, f) : at::empty({0}, f),
+          grad_weight ? at::zeros({p.V, p.D}, f) : at::empty({0}, f)};
+}
+
+using FwdResult =
+    std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+template <typename T>
+FwdResult fwd_impl(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& labels,
+                    const std::optional<at::Tensor>& ref_hidden,
+                    const std::optional<at::Tensor>& ref_weight,
+                    const std::optional<at::Tensor>& ce_weight,
+                    const std::optional<at::Tensor>& kl_weight, int64_t kl_mode,
+                    int64_t ignore_index, int64_t reduction, bool grad_hidden, bool grad_weight) {
+  TORCH_CHECK(reduction >= kReductionNone && reduction <= kReductionSum, "bad reduction");
+  TORCH_CHECK(reduction != kReductionNone || !(grad_hidden || grad_weight),
+              "gradients in the forward need a scalar reduction; use safety_loss_bwd");
+  const Problem<T> p = make_problem<T>(hidden, weight, labels, ref_hidden, ref_weight, ce_weight,
+                                 kl_weight, kl_mode, ignore_index);
+  const auto f = p.h.options();
+  auto ce = at::zeros({p.N}, f), kl = at::zeros({p.N}, f);
+  auto lse_z = at::zeros({p.N}, f), lse_r = at::zeros({p.N}, f);
+  auto [dh, dw] = grad_buffers(p, grad_hidden, grad_weight);
+  const bool need_dz = grad_hidden || grad_weight;
+
+  const int64_t* y = p.labels.template data_ptr<int64_t>();
+  int64_t n_valid = 0;
+  for (int64_t i = 0; i < p.N; ++i) n_valid += y[i] != ignore_index;
+  const T scale =
+      reduction == kReductionMean ? T(1) / static_cast<T>(std::max<int64_t>(n_valid, 1)) : T(1);
+
+  T *ce_p = ce.template data_ptr<T>(), *kl_p = kl.template data_ptr<T>();
+  T *lz_p = lse_z.template data_ptr<T>(), *lr_p = lse_r.template data_ptr<T>();
+  const int64_t chunk = std::min(chunk_rows(p.V, p.has_ref), std::max<int64_t>(p.N, 1));
+  Tiles<T> tiles(p, chunk);
+  for (int64_t s = 0; s < p.N; s += chunk) {
+    const int64_t c = std::min(chunk, p.N - s);
+    auto [z, r] = tiles.fill(p, s, c);
+    T* z0 = z.template data_ptr<T>();
+    const T* r0 = p.has_ref ? r.template data_ptr<T>() : nullptr;
+    at::parallel_for(0, c, 1, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) {
+        const int64_t row = s + i;
+        T* zi = z0 + i * p.V;
+        const T* ri = r0 ? r0 + i * p.V : nullptr;
+        if (y[row] == ignore_index) {
+          if (need_dz) std::fill(zi, zi + p.V, T(0));
+          continue;
+        }
+        const T mz = row_max(zi, p.V);
+        double log_sz = 0.0, log_sr = 0.0, klv = 0.0;
+        T mr = 0;
+        if (ri) {
+          mr = row_max(ri, p.V);
+          double sa, sb, t;
+          const bool fwd = p.kl_mode == kForwardKL;  // KL(softmax b || softmax a)
+          row_kl_sums(fwd ? zi : ri, fwd ? ri : zi, p.V, fwd ? mz : mr, fwd ? mr : mz, &sa, &sb,
+                      &t);
+          log_sz = std::log(fwd ? sa : sb);
+          log_sr = std::log(fwd ? sb : sa);
+          klv = t / sb + std::log(sa) - std::log(sb);
+        } else {
+          log_sz = std::log(row_sum_exp(zi, p.V, mz));
+        }
+        const T lz = static_cast<T>(mz + log_sz);
+        const T lr = static_cast<T>(mr + log_sr);
+        ce_p[row] = static_cast<T>((static_cast<double>(mz) - zi[y[row]]) + log_sz);
+        kl_p[row] = static_cast<T>(klv);
+        lz_p[row] = lz;
+        lr_p[row] = lr;
+        if (need_dz)
+          row_grad(p, zi, ri, y[row], lz, lr, kl_p[row], p.alpha_at(row) * scale,
+                   p.beta_at(row) * scale);
+      }
+    });
+    if (need_dz) accumulate_grads(p, z, s, c, dh, dw);
+  }
+
+  at::Tensor loss;
+  if (reduction == kReductionNone) {
+    loss = at::empty({p.N}, f);
+    T* l = loss.template data_ptr<T>();
+    for (int64_t i = 0; i < p.N; ++i) l[i] = p.alpha_at(i) * ce_p[i] + p.beta_at(i) * kl_p[i];
+  } else {
+    double total = 0.0;
+    for (int64_t i = 0; i < p.N; ++i)
+      total += static_cast<double>(p.alpha_at(i)) * ce_p[i] + static_cast<double>(p.beta_at(i)) * kl_p[i];
+    if (reduction == kReductionMean) total /= static_cast<double>(std::max<int64_t>(n_valid, 1));
+    loss = at::scalar_tensor(total, f);
+  }
+  return {loss, ce, kl, lse_z, lse_r, dh, dw};
+}
+
+FwdResult safety_loss_fwd_cpu(const at::Tensor& hidden, const at::Tensor& weight,
+                              const at::Tensor& labels,
+                              const std::optional<at::Tensor>& ref_hidden,
+                              const std::optional<at::Tensor>& ref_weight,
+                              const std::optional<at::Tensor>& ce_weight,
+                              const std::optional<at::Tensor>& kl_weight, int64_t kl_mode,
+                              int64_t ignore_index, int64_t reduction, bool grad_hidden,
+                              bool grad_weight) {
+  auto impl = acc_type(hidden) == at::kDouble ? &fwd_impl<double> : &fwd_impl<float>;
+  return impl(hidden, weight, labels, ref_hidden, ref_weight, ce_weight, kl_weight, kl_mode,
+              ignore_index, reduction, grad_hidden, grad_weight);
+}
+
+template <typename T>
+std::tuple<at::Tensor, at::Tensor> bwd_impl(
+    const at::Tensor& grad_rows, const at::Tensor& hidden, const at::Tensor& weight,
+    const at::Tensor& labels, const std::optional<at::Tensor>& ref_hidden,
+    const std::optional<at::Tensor>& ref_weight, const std::optional<at::Tensor>& ce_weight,
+    const std::optional<at::Tensor>& kl_weight, const at::Tensor& lse_z, const at::Tensor& lse_r,
+    const at::Tensor& kl, int64_t kl_mode, int64_t ignore_index, bool grad_hidden,
+    bool grad_weight) {
+  const Problem<T> p = make_problem<T>(hidden, weight, labels, ref_hidden, ref_weight, ce_weight,
+                                 kl_weight, kl_mode, ignore_index);
+  for (const auto* t : {&grad_rows, &lse_z, &lse_r, &kl})
+    TORCH_CHECK(t->dim() == 1 && t->size(0) == p.N, "row statistics must be [N]");
+  const auto acc = p.h.scalar_type();
+  const auto gr = as_acc(grad_rows, acc), lz = as_acc(lse_z, acc), lr = as_acc(lse_r, acc),
+             klc = as_acc(kl, acc);
+  auto [dh, dw] = grad_buffers(p, grad_hidden, grad_weight);
+  if (!(grad_hidden || grad_weight)) return {dh, dw};
+
+  const int64_t* y = p.labels.template data_ptr<int64_t>();
+  const T *g_p = gr.template data_ptr<T>(), *lz_p = lz.template data_ptr<T>();
+  const T *lr_p = lr.template data_ptr<T>(), *kl_p = klc.template data_ptr<T>();
+  const int64_t chunk = std::min(chunk_rows(p.V, p.has_ref), std::max<int64_t>(p.N, 1));
+  Tiles<T> tiles(p, chunk);
+  for (int64_t s = 0; s < p.N; s += chunk) {
+    const int64_t c = std::min(chunk, p.N - s);
+    auto [z, r] = tiles.fill(p, s, c);
+    T* z0 = z.template data_ptr<T>();
+    const T* r0 = p.has_ref ? r.template data_ptr<T>() : nullptr;
+    at::parallel_for(0, c, 1, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) {
+        const int64_t row = s + i;
+        T* zi = z0 + i * p.V;
+        if (y[row] == ignore_index) {
+          std::fill(zi, zi + p.V, T(0));
+          continue;
+        }
+        row_grad(p, zi, r0 ? r0 + i * p.V : nullptr, y[row], lz_p[row], lr_p[row], kl_p[row],
+                 p.alpha_at(row) * g_p[row], p.beta_at(row) * g_p[row]);
+      }
+    });
+    accumulate_grads(p, z, s, c, dh, dw);
+  }
+  return {dh, dw};
+}
+
+std::tuple<at::Tensor, at::Tensor> safety_loss_bwd_cpu(
+    const at::Tensor& grad_rows, const at::Tensor& hidden, const at::Tensor& weight,
+    const at::Tensor& labels, const std::optional<at::Tensor>& ref_hidden,
+    const std::optional<at::Tensor>& ref_weight, const std::optional<at::Tensor>& ce_weight,
+    const std::optional<at::Tensor>& kl_weight, const at::Tensor& lse_z, const at::Tensor& lse_r,
+    const at::Tensor& kl, int64_t kl_mode, int64_t ignore_index, bool grad_hidden,
+    bool grad_weight) {
+  auto impl = acc_type(hidden) == at::kDouble ? &bwd_impl<double> : &bwd_impl<float>;
+  return impl(grad_rows, hidden, weight, labels, ref_hidden, ref_weight, ce_weight, kl_weight,
+              lse_z, lse_r, kl, kl_mode, ignore_index, grad_hidden, grad_weight);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(saferegx, CPU, m) {
+  m.impl("safety_loss_fwd", &safety_loss_fwd_cpu);
+  m.impl("safety_loss_bwd", &safety_loss_bwd_cpu);
+}
+
+}  // namespace saferegx::cpu

@@ -1,0 +1,25 @@
+// The schema of saferegx's ops, declared once; each backend registers its kernels elsewhere
+// (csrc/cpu/*.cpp for CPU). Fake impls and autograd live in saferegx/ops/library.py.
+#include <torch/extension.h>
+
+TORCH_LIBRARY(saferegx, m) {
+  // Fused risk-weighted CE + token-level KL to a reference, from hidden states and LM heads.
+  // Returns (loss, ce, kl, lse_z, lse_r, grad_hidden, grad_weight); the last two are the loss's
+  // gradients for grad_output = 1 (fp32, or empty when not asked for), formed in the same pass.
+  m.def(
+      "safety_loss_fwd(Tensor hidden, Tensor weight, Tensor labels, Tensor? ref_hidden, "
+      "Tensor? ref_weight, Tensor? ce_weight, Tensor? kl_weight, int kl_mode, int ignore_index, "
+      "int reduction, bool grad_hidden, bool grad_weight) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // Gradients for reduction='none': recomputes the logit tiles from the saved row statistics
+  // and scales each row by grad_rows. Returns fp32 (grad_hidden, grad_weight), empty if not asked.
+  m.def(
+      "safety_loss_bwd(Tensor grad_rows, Tensor hidden, Tensor weight, Tensor labels, "
+      "Tensor? ref_hidden, Tensor? ref_weight, Tensor? ce_weight, Tensor? kl_weight, "
+      "Tensor lse_z, Tensor lse_r, Tensor kl, int kl_mode, int ignore_index, bool grad_hidden, "
+      "bool grad_weight) -> (Tensor, Tensor)");
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "saferegx C++ kernels; the ops are reached through torch.ops.saferegx";
+}

@@ -1,0 +1,11 @@
+"""Compiler flags and sources of the C++ extension, shared by setup.py and the JIT fallback."""
+from pathlib import Path
+
+# -fopenmp-simd lets the softmax loops vectorize their reductions (no OpenMP runtime needed);
+# the hot loops pick AVX-512 / AVX2 / baseline code at run time (GCC target_clones).
+CXX_FLAGS = ["-O3", "-fopenmp-simd", "-std=c++17"]
+
+
+def cpu_sources(csrc: Path) -> list[Path]:
+    """The translation units of saferegx._C (schema + CPU kernels; never the CUDA glue)."""
+    return [csrc / "saferegx.cpp", *sorted((csrc / "cpu").glob("*.cpp"))]

@@ -1,0 +1,181 @@
+"""saferegx.safety_loss: argument checks, the result type and the choice of backend."""
+import os
+from typing import NamedTuple
+
+import torch
+
+from . import library
+from .reference import safety_loss_reference
+
+BACKENDS = ("auto", "reference", "cpu", "triton", "cuda")
+
+
+class SafetyLoss(NamedTuple):
+    """The loss (differentiable) and, for logging, per-row CE and KL (detached, 0 on ignored rows)."""
+
+    loss: torch.Tensor
+    ce: torch.Tensor
+    kl: torch.Tensor
+
+
+def safety_loss(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    ref_hidden: torch.Tensor | None = None,
+    *,
+    ce_weight: torch.Tensor | None = None,
+    kl_weight: torch.Tensor | None = None,
+    ref_weight: torch.Tensor | None = None,
+    kl: str = "forward",
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    backend: str = "auto",
+) -> SafetyLoss:
+    """Risk-weighted CE plus token-level KL to a frozen reference, fused with the LM head.
+
+    Per non-ignored row i: ``ce_weight[i] * CE(W h_i, labels[i]) + kl_weight[i] * KL_i`` with
+    ``KL_i = KL(softmax(W_ref g_i) || softmax(W h_i))`` for ``kl="forward"`` (the paper's code) or
+    the reverse for ``kl="reverse"``; ``g = ref_hidden`` (None: no KL term), ``W_ref = ref_weight``
+    (None: the same head). Reduced by ``mean`` over non-ignored rows, ``sum``, or ``none``.
+    Gradients flow to ``hidden`` and ``weight``; the reference and per-row weights are constants.
+    The fused backends never hold the [N, V] logits; ``reference`` does (it is the baseline).
+    """
+    _check(hidden, weight, labels, ref_hidden, ce_weight, kl_weight, ref_weight, kl, ignore_index,
+           reduction, backend)
+    name = _choose_backend(backend, hidden)
+    consts = [None if t is None else t.detach() for t in (ref_hidden, ce_weight, kl_weight)]
+    ref_head = None if ref_weight is None or ref_weight is weight else ref_weight.detach()
+    if name == "reference":
+        return SafetyLoss(*safety_loss_reference(
+            hidden, weight, labels, consts[0], ce_weight=consts[1], kl_weight=consts[2],
+            ref_weight=ref_head, kl=kl, ignore_index=ignore_index, reduction=reduction))
+    scalar = reduction != "none"
+    grad_on = torch.is_grad_enabled()
+    out = _fused_op(name)(
+        hidden, weight, labels, consts[0], ref_head, consts[1], consts[2], library.KL_MODES[kl],
+        ignore_index, library.REDUCTIONS[reduction], scalar and grad_on and hidden.requires_grad,
+        scalar and grad_on and weight.requires_grad)
+    return SafetyLoss(out[0], out[1], out[2])
+
+
+def available_backends(device: torch.device | str = "cpu") -> list[str]:
+    """The backends that can run on tensors of `device` here."""
+    device = torch.device(device)
+    names = ["reference"]
+    if device.type == "cpu" and library.CPP_AVAILABLE:
+        names.append("cpu")
+    if _triton_ok(device):
+        names.append("triton")
+    return names
+
+
+def _choose_backend(backend: str, hidden: torch.Tensor) -> str:
+    device = hidden.device
+    if backend == "auto":
+        if device.type == "cpu":
+            return "cpu" if library.CPP_AVAILABLE else "reference"
+        return "triton" if _triton_ok(device) else "reference"
+    if backend == "cpu":
+        if device.type != "cpu":
+            raise ValueError(f"backend='cpu' needs CPU tensors; hidden is on {device}")
+        if not library.CPP_AVAILABLE:
+            from .. import _ext
+
+            raise RuntimeError(f"backend='cpu': the C++ extension is unavailable ({_ext.load_error()})")
+    if backend in ("triton", "cuda") and backend not in available_backends(device):
+        raise RuntimeError(f"backend={backend!r} is not available for tensors on {device} here")
+    return backend
+
+
+def _triton_ok(device: torch.device) -> bool:
+    """Triton runs on CUDA tensors, and on CPU tensors under TRITON_INTERPRET=1 (tests only)."""
+    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        return False
+    try:
+        from . import triton as _  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _fused_op(name: str):
+    if name == "cpu":
+        return torch.ops.saferegx.safety_loss_fwd
+    from . import triton as triton_backend
+
+    return triton_backend.safety_loss_fwd
+
+
+def _check(hidden, weight, labels, ref_hidden, ce_weight, kl_weight, ref_weight, kl, ignore_index,
+           reduction, backend) -> None:
+    """Raises TypeError/ValueError naming the bad argument; never lets garbage reach a kernel."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if kl not in library.KL_MODES:
+        raise ValueError(f"kl must be 'forward' or 'reverse', got {kl!r}")
+    if reduction not in library.REDUCTIONS:
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    if not isinstance(ignore_index, int) or isinstance(ignore_index, bool):
+        raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
+    for name, t in (("hidden", hidden), ("weight", weight), ("labels", labels)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if not hidden.is_floating_point() or hidden.dim() != 2:
+        raise ValueError(f"hidden must be a 2-D float tensor [N, D], got {hidden.dtype} {tuple(hidden.shape)}")
+    if not weight.is_floating_point() or weight.dim() != 2:
+        raise ValueError(f"weight must be a 2-D float tensor [V, D], got {weight.dtype} {tuple(weight.shape)}")
+    n, d = hidden.shape
+    v = weight.shape[0]
+    if weight.shape[1] != d:
+        raise ValueError(f"weight must be [V, {d}] to match hidden [N, {d}], got {tuple(weight.shape)}")
+    if weight.dtype != hidden.dtype:
+        raise TypeError(f"weight dtype {weight.dtype} differs from hidden dtype {hidden.dtype}")
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        raise TypeError(f"labels must be an integer tensor, got {labels.dtype}")
+    if tuple(labels.shape) != (n,):
+        raise ValueError(f"labels must have shape [{n}], got {tuple(labels.shape)}")
+    device = hidden.device
+    optional = (("ref_hidden", ref_hidden, (n, d)), ("ref_weight", ref_weight, (v, d)),
+                ("ce_weight", ce_weight, (n,)), ("kl_weight", kl_weight, (n,)))
+    for name, t, _ in (("weight", weight, None), ("labels", labels, None)) + optional:
+        if t is None:
+            continue
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor or None, got {type(t).__name__}")
+        if t.device != device:
+            raise ValueError(f"{name} is on {t.device} but hidden is on {device}")
+    for name, t, shape in optional:
+        if t is None:
+            continue
+        if not t.is_floating_point():
+            raise TypeError(f"{name} must be a float tensor, got {t.dtype}")
+        if tuple(t.shape) != shape:
+            raise ValueError(f"{name} must have shape {list(shape)}, got {list(t.shape)}")
+    for name, t in (("ref_hidden", ref_hidden), ("ref_weight", ref_weight)):
+        if t is not None and t.dtype != hidden.dtype:
+            raise TypeError(f"{name} dtype {t.dtype} differs from hidden dtype {hidden.dtype}")
+    if ref_hidden is None and (kl_weight is not None or ref_weight is not None):
+        raise ValueError("kl_weight and ref_weight need ref_hidden (the reference's hidden states)")
+    if _check_values(device):
+        _check_value_ranges(labels, v, ignore_index, ce_weight, kl_weight)
+
+
+def _check_values(device: torch.device) -> bool:
+    """Value checks read tensors: free on CPU, a host sync on GPUs (SAFEREGX_CHECK_VALUES=0 skips)."""
+    if torch.compiler.is_compiling():
+        return False
+    return os.environ.get("SAFEREGX_CHECK_VALUES", "1") != "0"
+
+
+def _check_value_ranges(labels, vocab, ignore_index, ce_weight, kl_weight) -> None:
+    valid = labels[labels != ignore_index]
+    if valid.numel() and (bool((valid < 0).any()) or bool((valid >= vocab).any())):
+        bad = valid[(valid < 0) | (valid >= vocab)][0].item()
+        raise ValueError(f"labels must lie in [0, {vocab}) or equal ignore_index={ignore_index}; found {bad}")
+    for name, t in (("ce_weight", ce_weight), ("kl_weight", kl_weight)):
+        if t is not None and t.numel():
+            if not bool(torch.isfinite(t).all()):
+                raise ValueError(f"{name} must be finite")
+            if bool((t < 0).any()):
+                raise ValueError(f"{name} must be non-negative, found {t.min().item()}")
