@@ -20,7 +20,11 @@ namespace saferegx::cpu {
 static inline float fast_exp(float x) {
   x = x < -87.0f ? -87.0f : x;
   x = x > 88.0f ? 88.0f : x;
-  const float n = __builtin_floorf(x * 1.44269504088896341f + 0.5f);
+  // n = floor(x log2(e) + 1/2) by truncation and a fix-up, so that no libm call blocks vectors
+  const float t = x * 1.44269504088896341f + 0.5f;
+  int32_t k = static_cast<int32_t>(t);
+  k -= static_cast<int32_t>(t < static_cast<float>(k));
+  const float n = static_cast<float>(k);
   const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
   float y = 1.9875691500e-4f;
   y = y * r + 1.3981999507e-3f;
@@ -29,10 +33,7 @@ static inline float fast_exp(float x) {
   y = y * r + 1.6666665459e-1f;
   y = y * r + 5.0000001201e-1f;
   y = y * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return y * scale;
+  return y * __builtin_bit_cast(float, (k + 127) << 23);
 }
 
 // float64 is the test oracle's precision: libm's exp, no shortcuts.
