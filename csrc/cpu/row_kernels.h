@@ -90,28 +90,33 @@ static inline __attribute__((always_inline)) void row_kl_sums_t(const T* a, cons
   *t = tt;
 }
 
+// The gradient kernels take each log-sum-exp as (row max m, log of the shifted sum ls), so that
+// log p = (z - m) - ls keeps full precision even when |z| ~ 1e3 (an fp32 lse there is off by 3e-5).
+
 // z <- ca * softmax(z)  (the CE part of dL/dz before the -ca at the label)
 template <typename T>
-static inline __attribute__((always_inline)) void row_grad_ce_t(T* z, int64_t n, T lse_z, T ca) {
+static inline __attribute__((always_inline)) void row_grad_ce_t(T* z, int64_t n, T mz, T lsz, T ca) {
 #pragma omp simd
-  for (int64_t i = 0; i < n; ++i) z[i] = ca * fast_exp(z[i] - lse_z);
+  for (int64_t i = 0; i < n; ++i) z[i] = ca * fast_exp((z[i] - mz) - lsz);
 }
 
 // forward KL(q || p): z <- (ca + cb) p - cb q
 template <typename T>
-static inline __attribute__((always_inline)) void row_grad_forward_t(T* z, const T* r, int64_t n, T lse_z, T lse_r, T ca, T cb) {
+static inline __attribute__((always_inline)) void row_grad_forward_t(T* z, const T* r, int64_t n, T mz, T lsz, T mr, T lsr, T ca,
+                                                             T cb) {
   const T cp = ca + cb;
 #pragma omp simd
-  for (int64_t i = 0; i < n; ++i) z[i] = cp * fast_exp(z[i] - lse_z) - cb * fast_exp(r[i] - lse_r);
+  for (int64_t i = 0; i < n; ++i) z[i] = cp * fast_exp((z[i] - mz) - lsz) - cb * fast_exp((r[i] - mr) - lsr);
 }
 
 // reverse KL(p || q): z <- p (ca + cb (log p - log q - KL))
 template <typename T>
-static inline __attribute__((always_inline)) void row_grad_reverse_t(T* z, const T* r, int64_t n, T lse_z, T lse_r, T kl, T ca, T cb) {
+static inline __attribute__((always_inline)) void row_grad_reverse_t(T* z, const T* r, int64_t n, T mz, T lsz, T mr, T lsr, T kl,
+                                                             T ca, T cb) {
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
-    const T lp = z[i] - lse_z;
-    z[i] = fast_exp(lp) * (ca + cb * (lp - (r[i] - lse_r) - kl));
+    const T lp = (z[i] - mz) - lsz;
+    z[i] = fast_exp(lp) * (ca + cb * (lp - ((r[i] - mr) - lsr) - kl));
   }
 }
 
@@ -125,13 +130,16 @@ static inline __attribute__((always_inline)) void row_grad_reverse_t(T* z, const
                                double* sb, double* t) {                                        \
     row_kl_sums_t(a, b, n, ma, mb, sa, sb, t);                                                  \
   }                                                                                             \
-  ATTR static void row_grad_ce(T* z, int64_t n, T lse_z, T ca) { row_grad_ce_t(z, n, lse_z, ca); } \
-  ATTR static void row_grad_forward(T* z, const T* r, int64_t n, T lse_z, T lse_r, T ca, T cb) { \
-    row_grad_forward_t(z, r, n, lse_z, lse_r, ca, cb);                                          \
+  ATTR static void row_grad_ce(T* z, int64_t n, T mz, T lsz, T ca) {                            \
+    row_grad_ce_t(z, n, mz, lsz, ca);                                                           \
   }                                                                                             \
-  ATTR static void row_grad_reverse(T* z, const T* r, int64_t n, T lse_z, T lse_r, T kl, T ca,   \
+  ATTR static void row_grad_forward(T* z, const T* r, int64_t n, T mz, T lsz, T mr, T lsr, T ca, \
                                     T cb) {                                                     \
-    row_grad_reverse_t(z, r, n, lse_z, lse_r, kl, ca, cb);                                      \
+    row_grad_forward_t(z, r, n, mz, lsz, mr, lsr, ca, cb);                                      \
+  }                                                                                             \
+  ATTR static void row_grad_reverse(T* z, const T* r, int64_t n, T mz, T lsz, T mr, T lsr, T kl, \
+                                    T ca, T cb) {                                               \
+    row_grad_reverse_t(z, r, n, mz, lsz, mr, lsr, kl, ca, cb);                                  \
   }
 SAFEREGX_ENTRY(SAFEREGX_CLONES, float)
 SAFEREGX_ENTRY(, double)

@@ -134,18 +134,33 @@ struct Tiles {
   }
 };
 
+// A row's log-sum-exp as (max, log of the shifted sum): see row_kernels.h.
+template <typename T>
+struct Lse {
+  T max, log_sum;
+};
+
 // Overwrites the row z with dL/dz = ca (p - onehot(y)) + cb dKL/dz.
 template <typename T>
-void row_grad(const Problem<T>& p, T* z, const T* r, int64_t y, T lse_z, T lse_r, T kl, T ca,
+void row_grad(const Problem<T>& p, T* z, const T* r, int64_t y, Lse<T> lz, Lse<T> lr, T kl, T ca,
               T cb) {
   if (!p.has_ref || cb == T(0)) {
-    row_grad_ce(z, p.V, lse_z, ca);
+    row_grad_ce(z, p.V, lz.max, lz.log_sum, ca);
   } else if (p.kl_mode == kForwardKL) {
-    row_grad_forward(z, r, p.V, lse_z, lse_r, ca, cb);
+    row_grad_forward(z, r, p.V, lz.max, lz.log_sum, lr.max, lr.log_sum, ca, cb);
   } else {
-    row_grad_reverse(z, r, p.V, lse_z, lse_r, kl, ca, cb);
+    row_grad_reverse(z, r, p.V, lz.max, lz.log_sum, lr.max, lr.log_sum, kl, ca, cb);
   }
   z[y] -= ca;
+}
+
+// A row's (max, log-sum) recomputed from its tile. The backward of reduction='none' does this
+// instead of reading the saved fp32 lse, which at |z| ~ 1e3 is only good to its ulp (6e-5): one
+// exp pass per row, small next to the three GEMMs the backward recomputes anyway.
+template <typename T>
+Lse<T> row_lse(const T* row, int64_t n) {
+  const T m = row_max(row, n);
+  return {m, static_cast<T>(std::log(row_sum_exp(row, n, m)))};
 }
 
 // dh[s:s+c] = dz W and dW += dz^T h[s:s+c] (each only when asked for).
@@ -227,14 +242,13 @@ FwdResult fwd_impl(const at::Tensor& hidden, const at::Tensor& weight, const at:
         } else {
           log_sz = std::log(row_sum_exp(zi, p.V, mz));
         }
-        const T lz = static_cast<T>(mz + log_sz);
-        const T lr = static_cast<T>(mr + log_sr);
         ce_p[row] = static_cast<T>((static_cast<double>(mz) - zi[y[row]]) + log_sz);
         kl_p[row] = static_cast<T>(klv);
-        lz_p[row] = lz;
-        lr_p[row] = lr;
+        lz_p[row] = static_cast<T>(mz + log_sz);
+        lr_p[row] = static_cast<T>(mr + log_sr);
         if (need_dz)
-          row_grad(p, zi, ri, y[row], lz, lr, kl_p[row], p.alpha_at(row) * scale,
+          row_grad(p, zi, ri, y[row], Lse<T>{mz, static_cast<T>(log_sz)},
+                   Lse<T>{mr, static_cast<T>(log_sr)}, kl_p[row], p.alpha_at(row) * scale,
                    p.beta_at(row) * scale);
       }
     });
@@ -282,14 +296,13 @@ std::tuple<at::Tensor, at::Tensor> bwd_impl(
   for (const auto* t : {&grad_rows, &lse_z, &lse_r, &kl})
     TORCH_CHECK(t->dim() == 1 && t->size(0) == p.N, "row statistics must be [N]");
   const auto acc = p.h.scalar_type();
-  const auto gr = as_acc(grad_rows, acc), lz = as_acc(lse_z, acc), lr = as_acc(lse_r, acc),
-             klc = as_acc(kl, acc);
+  // lse_z / lse_r serve streaming backends (Triton); this kernel recomputes them (row_lse).
+  const auto gr = as_acc(grad_rows, acc), klc = as_acc(kl, acc);
   auto [dh, dw] = grad_buffers(p, grad_hidden, grad_weight);
   if (!(grad_hidden || grad_weight)) return {dh, dw};
 
   const int64_t* y = p.labels.template data_ptr<int64_t>();
-  const T *g_p = gr.template data_ptr<T>(), *lz_p = lz.template data_ptr<T>();
-  const T *lr_p = lr.template data_ptr<T>(), *kl_p = klc.template data_ptr<T>();
+  const T *g_p = gr.template data_ptr<T>(), *kl_p = klc.template data_ptr<T>();
   const int64_t chunk = std::min(chunk_rows(p.V, p.has_ref), std::max<int64_t>(p.N, 1));
   Tiles<T> tiles(p, chunk);
   for (int64_t s = 0; s < p.N; s += chunk) {
@@ -305,7 +318,9 @@ std::tuple<at::Tensor, at::Tensor> bwd_impl(
           std::fill(zi, zi + p.V, T(0));
           continue;
         }
-        row_grad(p, zi, r0 ? r0 + i * p.V : nullptr, y[row], lz_p[row], lr_p[row], kl_p[row],
+        const T* ri = r0 ? r0 + i * p.V : nullptr;
+        const Lse<T> lr = ri ? row_lse(ri, p.V) : Lse<T>{0, 0};
+        row_grad(p, zi, ri, y[row], row_lse<T>(zi, p.V), lr, kl_p[row],
                  p.alpha_at(row) * g_p[row], p.beta_at(row) * g_p[row]);
       }
     });

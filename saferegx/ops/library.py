@@ -47,7 +47,8 @@ def register_autograd_for(fwd_name: str, bwd_op) -> None:
     def setup_context(ctx, inputs, output):
         (hidden, weight, labels, ref_hidden, ref_weight, ce_weight, kl_weight, kl_mode,
          ignore_index, reduction, grad_hidden, grad_weight) = inputs
-        _, _, kl, lse_z, lse_r, gh, gw = output
+        _, ce, kl, lse_z, lse_r, gh, gw = output
+        ctx.mark_non_differentiable(ce, kl, lse_z, lse_r, gh, gw)
         ctx.args = (kl_mode, ignore_index)
         ctx.reduction = reduction
         ctx.dtypes = (hidden.dtype, weight.dtype)
