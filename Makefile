@@ -1,0 +1,32 @@
+# Everything installs into .venv inside the checkout; nothing is assumed on the machine but python3.
+# torch is installed first, from the CPU wheel (torch==2.13.0): a bare `torch` requirement would
+# pull a multi-GB CUDA build, so the extension is built with --no-build-isolation against it.
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+
+.PHONY: install test demo bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml setup.py saferegx/_build_flags.py $(wildcard csrc/*.cpp csrc/cpu/*)
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q "setuptools>=77" wheel ninja
+	$(PY) -m pip install -q --no-build-isolation -e ".[dev]"
+	touch $(STAMP)
+
+test: install
+	$(PY) -m pytest tests -q
+
+demo: install
+	$(PY) -m saferegx.cli demo
+
+bench: install
+	$(PY) benchmarks/cpu_loss.py --write
+
+clean:
+	rm -rf build saferegx/*.so saferegx.egg-info
