@@ -1,0 +1,246 @@
+"""Activation probe: a calibrated logistic read of a decoder layer's hidden state.
+
+Causal attention means the hidden state at the last prompt token has seen only the prompt, so the
+probe gives a pre-generation risk. Training reads it from the frozen reference pass, which runs
+anyway for the KL; this module fits the probe, stores it (safetensors with JSON metadata, no
+pickle) and refuses to apply it to a model it was not fitted on.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from ..data.models import model_name as _model_name
+from .logistic import fit_logistic, platt
+from .metrics import auroc
+
+POOLS = ("last", "mean")
+_LAYER_PATHS = ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers",
+                "transformer.blocks", "layers")
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The decoder blocks of a causal LM (Llama/Qwen2/Mistral, GPT-2, GPT-NeoX, PEFT-wrapped)."""
+    if hasattr(model, "get_base_model"):  # peft.PeftModel
+        model = model.get_base_model()
+    for path in _LAYER_PATHS:
+        obj = model
+        for attr in path.split("."):
+            obj = getattr(obj, attr, None)
+        if isinstance(obj, nn.ModuleList) and len(obj) > 0:
+            return obj
+    raise ValueError(f"cannot find the decoder layers of {type(model).__name__}: "
+                     f"none of {', '.join(_LAYER_PATHS)} is a ModuleList")
+
+
+def last_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index ``[B]`` of the last attended token of each row, for left or right padding."""
+    t = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    return (attention_mask.bool() * t).argmax(-1)
+
+
+def pool_hidden(hidden: torch.Tensor, attention_mask: torch.Tensor, pool: str) -> torch.Tensor:
+    """``[B, T, D]`` -> ``[B, D]`` fp32: the last prompt token, or the masked mean over it."""
+    if pool == "last":
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        return hidden[rows, last_positions(attention_mask)].float()
+    if pool == "mean":
+        m = attention_mask.to(torch.float32)[..., None]
+        return (hidden.float() * m).sum(1) / m.sum(1).clamp_min(1.0)
+    raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
+
+
+class _Stop(Exception):
+    """Raised by the deepest hook: layers above it need not run."""
+
+
+@torch.no_grad()
+def pooled_hidden(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                  layers: Sequence[int], pool: str | tuple[str, ...] = "last"):
+    """Pooled outputs ``[len(layers), B, D]`` (fp32) of the given decoder layers, via hooks.
+
+    With a tuple of pools, one forward serves them all: returns ``{pool: [len(layers), B, D]}``.
+    """
+    pools = (pool,) if isinstance(pool, str) else tuple(pool)
+    blocks = decoder_layers(model)
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    out: dict[int, torch.Tensor] = {}
+    deepest = max(layers)
+
+    def hook(i):
+        def fn(_module, _args, output):
+            hidden = output[0] if isinstance(output, tuple) else output
+            out[i] = {p: pool_hidden(hidden, attention_mask, p) for p in pools}
+            if i == deepest:
+                raise _Stop
+        return fn
+
+    handles = [blocks[i].register_forward_hook(hook(i)) for i in set(layers)]
+    try:
+        model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    except _Stop:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    stacked = {p: torch.stack([out[i][p] for i in layers]) for p in pools}
+    return stacked[pool] if isinstance(pool, str) else stacked
+
+
+def format_prompt(tokenizer, prompt: str, chat_template: bool = True) -> list[int]:
+    """Token ids of a prompt as the model sees it before answering (chat template if it has one)."""
+    if chat_template and getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                             add_generation_prompt=True)
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    return tokenizer(prompt)["input_ids"]
+
+
+def pad_right(seqs: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ``(input_ids, attention_mask)``, both ``[B, T]`` int64."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for k, s in enumerate(seqs):
+        ids[k, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[k, : len(s)] = 1
+    return ids, mask
+
+
+def prompt_activations(model, tokenizer, prompts: Sequence[str], layers: Sequence[int] | None = None,
+                       pool: str | tuple[str, ...] = "last", batch_size: int = 16,
+                       max_length: int = 128, chat_template: bool = True):
+    """Pooled hidden states ``[len(layers), N, D]`` of prompts (all layers by default); with a
+    tuple of pools, ``{pool: [len(layers), N, D]}`` from the same forward passes.
+
+    Prompts longer than ``max_length`` tokens keep their end, where the last prompt token is.
+    Batches group prompts of similar length so that little compute goes to padding.
+    """
+    layers = list(range(len(decoder_layers(model)))) if layers is None else list(layers)
+    seqs = [format_prompt(tokenizer, p, chat_template)[-max_length:] for p in prompts]
+    order = sorted(range(len(seqs)), key=lambda k: len(seqs[k]))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    device = next(model.parameters()).device
+    pools = (pool,) if isinstance(pool, str) else tuple(pool)
+    out = {p: torch.empty(len(layers), len(seqs), model.config.hidden_size) for p in pools}
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        ids, mask = pad_right([seqs[k] for k in idx], pad_id)
+        got = pooled_hidden(model, ids.to(device), mask.to(device), layers, pools)
+        for p in pools:
+            out[p][:, idx] = got[p].cpu()
+    return out[pool] if isinstance(pool, str) else out
+
+
+def probe_risk_reference(acts: torch.Tensor, positions: torch.Tensor, weight: torch.Tensor,
+                         bias: torch.Tensor | float) -> torch.Tensor:
+    """Plain-torch probe read: ``sigmoid(acts[b, positions[b]] @ weight + bias)``, ``[B]`` fp32.
+
+    ``acts`` is ``[B, T, D]`` hidden states and ``positions`` ``[B]`` int64 the pooled token of
+    each row. The oracle for the fused ``probe_risk`` op.
+    """
+    rows = torch.arange(acts.shape[0], device=acts.device)
+    a = acts[rows, positions].float()
+    bias = torch.as_tensor(bias, dtype=torch.float32, device=acts.device)
+    return torch.sigmoid(a @ weight.float() + bias)
+
+
+@dataclass
+class Probe:
+    """A calibrated linear probe: ``risk = sigmoid(mean_{l in layers} pooled_l @ weight + bias)``."""
+
+    weight: torch.Tensor  # [D] fp32, calibration folded in
+    bias: float
+    layers: tuple[int, ...]
+    pool: str
+    model_name: str
+    hidden_size: int
+    num_layers: int
+    auroc: float  # validation AUROC of the chosen layer(s)
+    data: str = ""  # what it was fitted on
+    sweep: list[dict] = field(default_factory=list)  # validation AUROC per candidate
+
+    def risk(self, acts: torch.Tensor) -> torch.Tensor:
+        """Risk in [0, 1] of pooled activations ``[..., D]``."""
+        return torch.sigmoid(acts.float() @ self.weight.to(acts.device) + self.bias)
+
+    def read(self, model, tokenizer, prompts: Sequence[str], **kwargs) -> torch.Tensor:
+        """Risk ``[N]`` of prompts, read from ``model`` (checked to be the one fitted on)."""
+        self.check(model)
+        acts = prompt_activations(model, tokenizer, prompts, self.layers, self.pool, **kwargs)
+        return self.risk(acts.mean(0))
+
+    def check(self, model) -> None:
+        """Raise ``ValueError`` unless ``model`` is the model this probe was fitted on."""
+        self._check(_model_name(model), model.config.hidden_size, len(decoder_layers(model)))
+
+    def _check(self, name: str | None, hidden_size: int | None, num_layers: int | None) -> None:
+        if name is not None and name != self.model_name:
+            raise ValueError(f"probe was fitted on model {self.model_name!r}, not {name!r}")
+        if hidden_size is not None and hidden_size != self.hidden_size:
+            raise ValueError(f"probe expects hidden size {self.hidden_size}, model has {hidden_size}")
+        if num_layers is not None and num_layers != self.num_layers:
+            raise ValueError(f"probe expects {self.num_layers} layers, model has {num_layers}")
+
+    def save(self, path: str | Path) -> None:
+        """One safetensors file; the metadata travels as JSON in its header."""
+        from safetensors.torch import save_file
+
+        meta = {k: v for k, v in asdict(self).items() if k != "weight"}
+        save_file({"weight": self.weight.float().contiguous()}, str(path),
+                  metadata={"saferegx.probe": json.dumps(meta)})
+
+    @classmethod
+    def load(cls, path: str | Path, model=None, *, model_name: str | None = None,
+             hidden_size: int | None = None) -> "Probe":
+        """Load a probe, refusing (``ValueError``) one fitted on another model."""
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            header = (f.metadata() or {}).get("saferegx.probe")
+            if header is None:
+                raise ValueError(f"{path}: not a saferegx probe (no 'saferegx.probe' metadata)")
+            weight = f.get_tensor("weight")
+        meta = json.loads(header)
+        meta["layers"] = tuple(meta["layers"])
+        probe = cls(weight=weight, **meta)
+        if weight.shape != (probe.hidden_size,):
+            raise ValueError(f"{path}: weight shape {tuple(weight.shape)} != ({probe.hidden_size},)")
+        if model is not None:
+            probe.check(model)
+        probe._check(model_name, hidden_size, None)
+        return probe
+
+
+def fit_probe(acts: torch.Tensor, labels: torch.Tensor, layers: Sequence[int], *,
+              train_idx: torch.Tensor, val_idx: torch.Tensor, model_name: str, num_layers: int,
+              pool: str = "last", candidates: Sequence[Sequence[int]] | None = None,
+              l2: float = 1e-2, data: str = "") -> Probe:
+    """Sweep candidates (single layers by default, or ranges averaged), keep the best by validation
+    AUROC, and Platt-calibrate it on the validation split.
+
+    ``acts`` is ``[len(layers), N, D]`` as from ``prompt_activations``; labels are 1 = harmful.
+    """
+    layers = list(layers)
+    candidates = [(l,) for l in layers] if candidates is None else [tuple(c) for c in candidates]
+    labels = labels.flatten()
+    best, sweep = None, []
+    for cand in candidates:
+        x = acts[[layers.index(l) for l in cand]].mean(0).double()
+        w, b = fit_logistic(x[train_idx], labels[train_idx], l2=l2)
+        val_logits = x[val_idx] @ w + b
+        score = auroc(val_logits, labels[val_idx])
+        sweep.append({"layers": list(cand), "auroc": score})
+        if best is None or score > best[0]:
+            best = (score, cand, w, b, val_logits)
+    score, cand, w, b, val_logits = best
+    a, c = platt(val_logits, labels[val_idx])
+    return Probe(weight=(a * w).float(), bias=float(a * b + c), layers=tuple(cand), pool=pool,
+                 model_name=model_name, hidden_size=acts.shape[-1], num_layers=num_layers,
+                 auroc=score, data=data, sweep=sweep)
