@@ -1,0 +1,20 @@
+"""The `saferegx` command line."""
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="saferegx", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="the fused op on the embedded model and HarmBench prompts")
+    demo.add_argument("--steps", type=int, default=6, help="fine-tuning steps (default 6)")
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        from .op_demo import main as demo_main
+
+        demo_main(args.steps)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
