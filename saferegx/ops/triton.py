@@ -20,7 +20,8 @@ nondeterministic order (fp32 rounding differs run to run) and the atomic traffic
 N V D (1/BLOCK_N + 1/BLOCK_V) adds, is not free (see docs/gpu.md).
 
 Scalar reductions form the gradient in the forward (`_grad_kernel` with per-row scale
-1/n_valid or 1); reduction='none' runs it in the backward op with the per-row grad_output.
+1/n_valid or 1); reduction='none' runs it in the backward op with the per-row grad_output,
+after recomputing the row statistics (see `_safety_loss_bwd`).
 Logit tiles are fp32 for every input dtype; for bf16/fp16 inputs dz is rounded to the input
 dtype only as the operand of the dh/dW products (fp32 accumulation), as in any mixed-precision
 matmul backward. float64 is not supported here (TypeError); the C++ backend takes it.
@@ -117,14 +118,17 @@ def _stats_kernel(h_ptr, g_ptr, w_ptr, wr_ptr, labels_ptr, part_ptr, N, V, D,
 
 
 @triton.jit
-def _grad_kernel(h_ptr, g_ptr, w_ptr, wr_ptr, labels_ptr, coef_ptr, lse_z_ptr, lse_r_ptr, kl_ptr,
+def _grad_kernel(h_ptr, g_ptr, w_ptr, wr_ptr, labels_ptr, coef_ptr, lse_ptr, kl_ptr,
                  dh_ptr, dw_ptr, N, V, D, ignore_index, n_row_blocks,
                  HAS_REF: tl.constexpr, SHARED: tl.constexpr, REVERSE: tl.constexpr,
                  GRAD_H: tl.constexpr, GRAD_W: tl.constexpr, BLOCK_N: tl.constexpr,
                  BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr):
     """dh += dz W and dW += dz^T h for one (row block, vocab block) tile, dz recomputed.
 
-    coef_ptr holds [2, N]: the CE and KL coefficients alpha_i s_i and beta_i s_i.
+    coef_ptr holds [2, N]: the CE and KL coefficients alpha_i s_i and beta_i s_i. lse_ptr holds
+    [4, N]: each log-sum-exp as a (shift, log-sum) pair, (max_z, log S_z, max_r, log S_r) from
+    the forward, so that log p = (z - max) - log S keeps full precision at |z| ~ 1e3 (an fp32 lse
+    there is off by up to its ulp).
     Row blocks vary fastest, so the programs running together share one block of W.
     """
     pid = tl.program_id(0)
@@ -138,11 +142,15 @@ def _grad_kernel(h_ptr, g_ptr, w_ptr, wr_ptr, labels_ptr, coef_ptr, lse_z_ptr, l
     cb = tl.load(coef_ptr + N + rows, mask=row_in, other=0.0)
     z, r = _logit_tiles(h_ptr, g_ptr, w_ptr, wr_ptr, rows, cols, N, V, D, HAS_REF, SHARED,
                         BLOCK_N, BLOCK_V, BLOCK_D)
-    log_p = z - tl.load(lse_z_ptr + rows, mask=row_in, other=0.0)[:, None]
+    m_z = tl.load(lse_ptr + rows, mask=row_in, other=0.0)
+    l_z = tl.load(lse_ptr + N + rows, mask=row_in, other=0.0)
+    log_p = (z - m_z[:, None]) - l_z[:, None]
     p = tl.exp(log_p)
     dz = ca[:, None] * (p - tl.where(cols[None, :] == labels[:, None], 1.0, 0.0))
     if HAS_REF:
-        log_q = r - tl.load(lse_r_ptr + rows, mask=row_in, other=0.0)[:, None]
+        m_r = tl.load(lse_ptr + 2 * N + rows, mask=row_in, other=0.0)
+        l_r = tl.load(lse_ptr + 3 * N + rows, mask=row_in, other=0.0)
+        log_q = (r - m_r[:, None]) - l_r[:, None]
         if REVERSE:  # d KL(p || q) / dz = p (log p - log q - KL)
             kl = tl.load(kl_ptr + rows, mask=row_in, other=0.0)
             dz += cb[:, None] * (p * (log_p - log_q - kl[:, None]))
@@ -216,7 +224,7 @@ class _Inputs:
         return dict(HAS_REF=self.has_ref, SHARED=self.shared, REVERSE=self.reverse, **self.blocks)
 
     def row_stats(self):
-        """(ce, kl, lse_z, lse_r), each [N] fp32, zero on ignored rows."""
+        """(ce, kl, lse_z, lse_r), each [N] fp32, zero on ignored rows, and the lse pairs."""
         bn, bv = self.blocks["BLOCK_N"], self.blocks["BLOCK_V"]
         row_blocks, v_blocks = triton.cdiv(self.n, bn), triton.cdiv(self.v, bv)
         want = max(1, min(v_blocks, triton.cdiv(self.programs, max(row_blocks, 1))))
@@ -239,7 +247,8 @@ class _Inputs:
         ce = torch.where(self.valid, (max_z - z_label.sum(0)) + log_z, zero)
         lse_z = torch.where(self.valid, max_z + log_z, zero)
         if not self.has_ref:
-            return ce, zero, lse_z, torch.zeros_like(zero)  # outputs must not alias
+            pairs = torch.stack([max_z, log_z, zero, zero])
+            return ce, zero, lse_z, torch.zeros_like(zero), pairs  # outputs must not alias
         max_r = m_r.amax(0)
         sum_r = (s_r * torch.exp(m_r - max_r)).sum(0)
         log_r = sum_r.log()
@@ -251,9 +260,10 @@ class _Inputs:
             u_total = (u * torch.exp(m_r - max_r)).sum(0)
             kl = u_total / sum_r - (max_r - max_z) + log_z - log_r
         kl = torch.where(self.valid, kl, zero)
-        return ce, kl, lse_z, torch.where(self.valid, max_r + log_r, zero)
+        pairs = torch.stack([max_z, log_z, max_r, log_r])
+        return ce, kl, lse_z, torch.where(self.valid, max_r + log_r, zero), pairs
 
-    def grads(self, scale, lse_z, lse_r, kl, grad_hidden, grad_weight):
+    def grads(self, scale, lse_pairs, kl, grad_hidden, grad_weight):
         """fp32 (dh or [0], dW or [0]) for per-row loss scale `scale` (grad_output x reduction)."""
         f32 = dict(device=self.h.device, dtype=torch.float32)
         dh = torch.zeros((self.n, self.d), **f32) if grad_hidden else torch.empty(0, **f32)
@@ -266,8 +276,7 @@ class _Inputs:
             grid = (row_blocks * triton.cdiv(self.v, self.blocks["BLOCK_V"]),)
             wrap_triton(_grad_kernel)[grid](
                 self.h, self.g, self.w, self.wr, self.labels, coef,
-                lse_z.to(torch.float32).contiguous(), lse_r.to(torch.float32).contiguous(),
-                kl.to(torch.float32).contiguous(), dh, dw, self.n, self.v, self.d,
+                lse_pairs.to(torch.float32).contiguous(), kl.to(torch.float32).contiguous(), dh, dw, self.n, self.v, self.d,
                 self.ignore_index, row_blocks, GRAD_H=grad_hidden, GRAD_W=grad_weight,
                 **self.flags(), **self.launch)
         return dh, dw
@@ -288,7 +297,7 @@ def _safety_loss_fwd(
         raise ValueError("gradients in the forward need a scalar reduction; use safety_loss_bwd")
     x = _Inputs(hidden, weight, labels, ref_hidden, ref_weight, ce_weight, kl_weight, kl_mode,
                 ignore_index)
-    ce, kl, lse_z, lse_r = x.row_stats()
+    ce, kl, lse_z, lse_r, lse_pairs = x.row_stats()
     rows = x.alpha * ce + x.beta * kl
     scale = 1.0
     if reduction == library.REDUCTIONS["none"]:
@@ -298,7 +307,7 @@ def _safety_loss_fwd(
     else:  # n_valid stays on the device: no host sync
         scale = 1.0 / x.valid.sum().clamp_min(1).to(torch.float32)
         loss = rows.sum() * scale
-    dh, dw = x.grads(scale, lse_z, lse_r, kl, grad_hidden, grad_weight)
+    dh, dw = x.grads(scale, lse_pairs, kl, grad_hidden, grad_weight)
     return loss, ce, kl, lse_z, lse_r, dh, dw
 
 
@@ -310,12 +319,23 @@ def _safety_loss_bwd(
     lse_r: torch.Tensor, kl: torch.Tensor, kl_mode: int, ignore_index: int, grad_hidden: bool,
     grad_weight: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """saferegx::safety_loss_bwd in Triton: reduction='none' gradients, tiles recomputed."""
+    """saferegx::safety_loss_bwd in Triton: reduction='none' gradients, tiles recomputed.
+
+    The row statistics are recomputed too (two more GEMM-sized passes) rather than read from the
+    saved lse_z/lse_r/kl: an fp32 lse at |z| ~ 1e3 is only good to its ulp (6e-5), which costs
+    p = exp(z - lse) that much relative accuracy; the (max, log-sum) pairs keep it (as the C++
+    backward, which re-reads its held tiles). The scalar reductions never come here.
+    """
     x = _Inputs(hidden, weight, labels, ref_hidden, ref_weight, ce_weight, kl_weight, kl_mode,
                 ignore_index)
-    return x.grads(grad_rows.to(torch.float32), lse_z, lse_r, kl, grad_hidden, grad_weight)
+    _, kl_rows, _, _, lse_pairs = x.row_stats()
+    return x.grads(grad_rows.to(torch.float32), lse_pairs, kl_rows, grad_hidden, grad_weight)
 
 
+# Explicit fake impls: tracing the bodies works on GPUs, but the interpreter would run the
+# kernels on fake tensors.
+_safety_loss_fwd.register_fake(library.fake_fwd)
+_safety_loss_bwd.register_fake(library.fake_bwd)
 library.register_autograd_for("saferegx::safety_loss_fwd_triton",
                               torch.ops.saferegx.safety_loss_bwd_triton)
 
