@@ -1,0 +1,256 @@
+"""GPU benchmark of the fused safety loss: correctness first, then forward+backward time and memory.
+
+    python benchmarks/gpu.py [--out results.json] [--sizes 8192x4096x128256 16384x576x49152]
+
+Checks `triton` and `cuda` (when built) against the float64 reference at a small size, then times
+forward+backward (dL/dh and dL/dW) at each size in bf16 with `triton.testing.do_bench` medians,
+next to the unfused `reference`, Liger-Kernel's chunked CE + JSD (`LigerFusedLinearJSDLoss`,
+weights 0.5/0.5, beta=1.0, the closest peer: CE plus a KL to a teacher), Liger's fused linear CE
+(a lower bound: no reference logits at all) and the cuBLAS floor (the four GEMMs any exact
+method must do: z = h W^T, r = g W^T, dh = dz W, dW = dz^T h). Peak memory is
+`torch.cuda.max_memory_allocated` above the inputs. Prints a Markdown table; --out writes JSON.
+"""
+import argparse
+import json
+import os
+import sys
+from dataclasses import asdict, dataclass
+
+import torch
+
+DEFAULT_SIZES = ("8192x4096x128256", "16384x576x49152")
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+@dataclass
+class Row:
+    method: str
+    n: int
+    d: int
+    v: int
+    ms: float | None  # median forward+backward, None when it failed
+    peak_mib: float | None
+    note: str = ""
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", nargs="+", default=list(DEFAULT_SIZES), type=parse_size,
+                    help="NxDxV sizes (tokens x hidden x vocab)")
+    ap.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
+    ap.add_argument("--kl", choices=("forward", "reverse"), default="reverse",
+                    help="reverse matches Liger's JSD at beta=1.0")
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    ap.add_argument("--rep", type=int, default=200, help="do_bench time budget per method (ms)")
+    ap.add_argument("--skip-check", action="store_true", help="skip the small correctness check")
+    ap.add_argument("--out", help="write the results as JSON here")
+    return ap.parse_args(argv)
+
+
+def parse_size(text: str) -> tuple[int, int, int]:
+    try:
+        n, d, v = (int(x) for x in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must look like 8192x4096x128256, got {text!r}")
+    return n, d, v
+
+
+def markdown_table(rows: list[Row]) -> str:
+    """One line per (size, method): time, ratio to the GEMM floor of that size, peak memory."""
+    floor = {(r.n, r.d, r.v): r.ms for r in rows if r.method == "gemm-floor" and r.ms}
+    lines = ["| N x D x V | method | fwd+bwd ms | x GEMM floor | peak MiB | note |",
+             "|---|---|---:|---:|---:|---|"]
+    for r in rows:
+        base = floor.get((r.n, r.d, r.v))
+        ratio = f"{r.ms / base:.2f}" if r.ms and base else "-"
+        ms = f"{r.ms:.2f}" if r.ms is not None else "-"
+        mem = f"{r.peak_mib:.0f}" if r.peak_mib is not None else "-"
+        lines.append(f"| {r.n} x {r.d} x {r.v} | {r.method} | {ms} | {ratio} | {mem} | {r.note} |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# The problems and the methods under test. Each method maps inputs to a function running one
+# forward+backward; the inputs carry the gradients' targets so do_bench can reset them.
+
+def make_inputs(n, d, v, dtype, device="cuda", seed=0):
+    g = torch.Generator(device=device).manual_seed(seed)
+    hidden = torch.randn(n, d, device=device, generator=g, dtype=torch.float32)
+    weight = torch.randn(v, d, device=device, generator=g, dtype=torch.float32) / d**0.5
+    ref_hidden = hidden + 0.5 * torch.randn(n, d, device=device, generator=g)
+    labels = torch.randint(0, v, (n,), device=device, generator=g)
+    labels[torch.rand(n, device=device, generator=g) < 0.1] = -100
+    return dict(hidden=hidden.to(dtype).requires_grad_(True),
+                weight=weight.to(dtype).requires_grad_(True),
+                ref_hidden=ref_hidden.to(dtype), labels=labels)
+
+
+def saferegx_method(backend):
+    def build(x, kl):
+        import saferegx
+
+        n = x["hidden"].shape[0]
+        half = torch.full((n,), 0.5, device=x["hidden"].device)
+
+        def step():
+            loss = saferegx.safety_loss(x["hidden"], x["weight"], x["labels"], x["ref_hidden"],
+                                        ce_weight=half, kl_weight=half, kl=kl, backend=backend).loss
+            loss.backward()
+        return step
+    return build
+
+
+def liger_jsd(x, kl):
+    from liger_kernel.chunked_loss import LigerFusedLinearJSDLoss
+
+    loss_fn = LigerFusedLinearJSDLoss(weight_hard_loss=0.5, weight_soft_loss=0.5, beta=1.0)
+    teacher_w = x["weight"].detach()
+
+    def step():
+        loss_fn(x["hidden"], x["weight"], x["ref_hidden"], teacher_w, x["labels"]).backward()
+    return step
+
+
+def liger_flce(x, kl):
+    from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+
+    loss_fn = LigerFusedLinearCrossEntropyLoss()
+
+    def step():
+        loss_fn(x["weight"], x["hidden"], x["labels"]).backward()
+    return step
+
+
+def gemm_floor(x, kl):
+    """The four products at the inputs' dtype; dz is a preallocated [N, V] operand."""
+    h, w, g = x["hidden"].detach(), x["weight"].detach(), x["ref_hidden"]
+    dz = torch.randn(h.shape[0], w.shape[0], device=h.device, dtype=h.dtype)
+
+    def step():
+        torch.mm(h, w.T)
+        torch.mm(g, w.T)
+        torch.mm(dz, w)
+        torch.mm(dz.T, h)
+    return step
+
+
+METHODS = {
+    "triton": saferegx_method("triton"),
+    "cuda": saferegx_method("cuda"),
+    "reference": saferegx_method("reference"),
+    "liger-jsd": liger_jsd,
+    "liger-flce": liger_flce,
+    "gemm-floor": gemm_floor,
+}
+
+
+def available(method: str) -> str | None:
+    """None when `method` can run here, else why not."""
+    if method in ("triton", "cuda"):
+        import saferegx
+
+        if method not in saferegx.available_backends("cuda"):
+            return f"backend {method!r} unavailable"
+    if method.startswith("liger"):
+        try:
+            import liger_kernel  # noqa: F401
+        except ImportError:
+            return "liger-kernel not installed"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+
+def check_correctness(methods, kl) -> list[str]:
+    """fp32 and bf16 runs of the fused backends against the float64 reference at a small size."""
+    import saferegx
+
+    problems = []
+    for backend in (m for m in methods if m in ("triton", "cuda") and available(m) is None):
+        for dtype, tol in ((torch.float32, 1e-4), (torch.bfloat16, 2e-2)):
+            for reduction in ("mean", "none"):
+                x = make_inputs(333, 160, 5003, dtype, seed=1)
+                ce_w = torch.rand(333, device="cuda")
+                kl_w = torch.rand(333, device="cuda")
+                got = run_once(saferegx.safety_loss, x, backend, ce_w, kl_w, kl, reduction)
+                x64 = {k: (t.detach().double().requires_grad_(t.requires_grad)
+                           if t.is_floating_point() else t) for k, t in x.items()}
+                want = run_once(saferegx.safety_loss, x64, "reference", ce_w.double(),
+                                kl_w.double(), kl, reduction)
+                errs = {k: rel_err(got[k], want[k]) for k in want}
+                status = "ok" if max(errs.values()) <= tol else "FAIL"
+                line = f"{status} {backend} {dtype} {reduction}: " + ", ".join(
+                    f"{k} {e:.1e}" for k, e in errs.items())
+                print(line)
+                if status == "FAIL":
+                    problems.append(line)
+    return problems
+
+
+def run_once(fn, x, backend, ce_w, kl_w, kl, reduction):
+    h = x["hidden"].detach().clone().requires_grad_(True)
+    w = x["weight"].detach().clone().requires_grad_(True)
+    out = fn(h, w, x["labels"], x["ref_hidden"], ce_weight=ce_w, kl_weight=kl_w, kl=kl,
+             reduction=reduction, backend=backend)
+    upstream = torch.linspace(0.5, 1.5, out.loss.numel(), device=h.device, dtype=out.loss.dtype)
+    (out.loss * upstream.reshape(out.loss.shape)).sum().backward()
+    return {"loss": out.loss.detach(), "ce": out.ce, "kl": out.kl, "dh": h.grad, "dW": w.grad}
+
+
+def rel_err(got, want):
+    scale = want.double().abs().max().item()
+    diff = (got.double() - want.double()).abs().max().item()
+    return diff / scale if scale > 0 else diff
+
+
+def bench(method, n, d, v, dtype, kl, rep) -> Row:
+    from triton.testing import do_bench
+
+    reason = available(method)
+    if reason:
+        return Row(method, n, d, v, None, None, reason)
+    x = make_inputs(n, d, v, dtype)
+    try:
+        step = METHODS[method](x, kl)
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        torch.cuda.synchronize()
+        peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+        ms = do_bench(step, rep=rep, grad_to_none=[x["hidden"], x["weight"]], return_mode="median")
+        return Row(method, n, d, v, ms, peak)
+    except torch.cuda.OutOfMemoryError:
+        return Row(method, n, d, v, None, None, "out of memory")
+    finally:
+        del x
+        torch.cuda.empty_cache()
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if not torch.cuda.is_available():
+        sys.exit("benchmarks/gpu.py needs a CUDA device and a torch built with CUDA; none found")
+    device = torch.cuda.get_device_name()
+    print(f"device: {device}, torch {torch.__version__}")
+    problems = [] if args.skip_check else check_correctness(args.methods, args.kl)
+    os.environ["SAFEREGX_CHECK_VALUES"] = "0"  # the API's label/weight checks sync the host
+    rows = []
+    for n, d, v in args.sizes:
+        for method in args.methods:
+            row = bench(method, n, d, v, DTYPES[args.dtype], args.kl, args.rep)
+            print(f"  {method:12s} {n}x{d}x{v}: {row.ms if row.ms is None else round(row.ms, 2)} ms"
+                  f" {row.note}", flush=True)
+            rows.append(row)
+    print()
+    print(markdown_table(rows))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"device": device, "torch": torch.__version__, "dtype": args.dtype,
+                       "kl": args.kl, "correctness_failures": problems,
+                       "rows": [asdict(r) for r in rows]}, f, indent=2)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
