@@ -255,8 +255,9 @@ def machine() -> str:
             mem = f", {int(f.readline().split()[1]) / 2**20:.0f} GiB RAM"
     except (OSError, ValueError, IndexError):
         pass
+    load = "load average {:.2f} {:.2f} {:.2f} at start".format(*os.getloadavg())
     return (f"{cpu}, {os.cpu_count()} cores{mem}, torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads), Python {platform.python_version()}")
+            f"({torch.get_num_threads()} threads), Python {platform.python_version()}; {load}")
 
 
 def run_child(args, size: str, mode: str) -> dict:
@@ -343,6 +344,10 @@ def main(argv=None) -> None:
                                                           (sys.argv[1:] if argv is None else argv))
     print(f"# {command}\n# {machine()}\n# kl={args.kl}, repeats={args.repeats} after 1 warmup, "
           f"one subprocess per mode", flush=True)
+    if any(m.startswith("liger") for m in modes) and (
+            args.kl != "reverse" or args.ce_weight != 0.5 or args.kl_weight != 0.5):
+        print("# note: liger always computes 0.5 CE + 0.5 reverse KL; the saferegx modes now compute "
+              "another function, so their loss values differ from Liger's", flush=True)
     results = []
     for size in sizes.split(","):
         n, d, v = parse_sizes(size)[0]
@@ -366,7 +371,7 @@ def main(argv=None) -> None:
                 f.write("# Benchmark results\n\nAppended by `benchmarks/cpu_loss.py --write`.\n")
             f.write(f"\n## {stamp}\n\nCommand: `{command}`\n\nMachine: {machine()}\n\n"
                     f"KL: {args.kl}; ce/kl weight {args.ce_weight}/{args.kl_weight}; logit std "
-                    f"{args.logit_std}; {args.repeats} timed repeats (median) after 1 warmup.\n\n"
+                    f"{args.logit_std}; median of {args.repeats} timed step(s) after 1 warmup.\n\n"
                     f"{text}\n\n{NOTES}\n")
         print(f"\nappended to {RESULTS}")
 
