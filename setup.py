@@ -4,19 +4,20 @@ import sys
 from pathlib import Path
 
 from setuptools import setup
-from torch.utils.cpp_extension import BuildExtension, CppExtension
+import torch
+from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
 ROOT = Path(__file__).parent
 sys.path.insert(0, str(ROOT / "saferegx"))
 from _build_flags import CXX_FLAGS, cpu_sources  # noqa: E402  (shared with the JIT fallback)
 
-setup(
-    ext_modules=[
-        CppExtension(
-            "saferegx._C",
-            [os.path.relpath(p, ROOT) for p in cpu_sources(ROOT / "csrc")],
-            extra_compile_args={"cxx": CXX_FLAGS},
-        )
-    ],
-    cmdclass={"build_ext": BuildExtension},
-)
+SOURCES = [os.path.relpath(p, ROOT) for p in cpu_sources(ROOT / "csrc")]
+if torch.cuda.is_available() or os.environ.get("SAFEREGX_BUILD_CUDA") == "1":
+    # The CUDA binding needs a CUDA torch (its headers); the kernels are torch-free .cuh files.
+    EXT = CUDAExtension("saferegx._C", SOURCES + ["csrc/cuda/binding.cu"],
+                        extra_compile_args={"cxx": CXX_FLAGS, "nvcc": ["-O3", "-std=c++17"]},
+                        libraries=["cublas"])
+else:
+    EXT = CppExtension("saferegx._C", SOURCES, extra_compile_args={"cxx": CXX_FLAGS})
+
+setup(ext_modules=[EXT], cmdclass={"build_ext": BuildExtension})

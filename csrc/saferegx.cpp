@@ -18,6 +18,9 @@ TORCH_LIBRARY(saferegx, m) {
       "Tensor? ref_hidden, Tensor? ref_weight, Tensor? ce_weight, Tensor? kl_weight, "
       "Tensor lse_z, Tensor lse_r, Tensor kl, int kl_mode, int ignore_index, bool grad_hidden, "
       "bool grad_weight) -> (Tensor, Tensor)");
+  // The activation-probe read: sigmoid(acts[b, positions[b]] . weight + bias), [B] fp32.
+  // No gradient: the risk is a constant of the loss (the model must not learn to fool its monitor).
+  m.def("probe_risk(Tensor acts, Tensor positions, Tensor weight, Tensor bias) -> Tensor");
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

@@ -67,6 +67,9 @@ def available_backends(device: torch.device | str = "cpu") -> list[str]:
         names.append("cpu")
     if _triton_ok(device):
         names.append("triton")
+    if (device.type == "cuda" and library.CPP_AVAILABLE
+            and torch._C._dispatch_has_kernel_for_dispatch_key("saferegx::safety_loss_fwd", "CUDA")):
+        names.append("cuda")
     return names
 
 
@@ -100,7 +103,7 @@ def _triton_ok(device: torch.device) -> bool:
 
 
 def _fused_op(name: str):
-    if name == "cpu":
+    if name in ("cpu", "cuda"):  # the C++ op; the dispatcher picks the CPU or CUDA kernel
         return torch.ops.saferegx.safety_loss_fwd
     from . import triton as triton_backend
 

@@ -1,0 +1,130 @@
+"""saferegx.probe_risk (C++, Triton interpreter, reference) and adaptive_safety_loss."""
+import os
+
+os.environ["TRITON_INTERPRET"] = "1"  # before saferegx.ops.probe_triton is first imported
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import saferegx  # noqa: E402
+from saferegx.risk.schedule import RiskSchedule  # noqa: E402
+from _problems import make_problem  # noqa: E402
+
+BACKENDS = ["cpu", "triton"]
+
+
+def oracle(acts, positions, w, b):
+    rows = acts.double()[torch.arange(acts.shape[0]), positions]
+    return torch.sigmoid(rows @ w.double() + b)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_probe_risk_matches_float64(seed, backend, dtype):
+    if backend == "triton":
+        pytest.importorskip("triton")
+        if dtype == torch.float64:
+            pytest.skip("the Triton interpreter path is tested in fp32/bf16")
+    b, t, d = 7, 13, 37
+    acts = (torch.randn(b, t, d) * 3).to(dtype)
+    positions = torch.randint(0, t, (b,))
+    w, bias = torch.randn(d) * 0.3, 0.25
+    got = saferegx.probe_risk(acts, positions, w, bias, backend=backend)
+    assert got.dtype == torch.float32 and got.shape == (b,)
+    torch.testing.assert_close(got.double(), oracle(acts, positions, w, bias), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_probe_risk_reads_strided_slices(seed, backend):
+    """A layer's slice of stacked hidden states [L, B, T, D] is read in place."""
+    if backend == "triton":
+        pytest.importorskip("triton")
+    stacked = torch.randn(4, 5, 11, 24)
+    acts = stacked[2].transpose(0, 1).contiguous().transpose(0, 1)  # non-contiguous [B, T, D]
+    assert not acts.is_contiguous()
+    positions = torch.tensor([0, 10, 3, 7, 5])
+    w = torch.randn(24)
+    got = saferegx.probe_risk(acts, positions, w, torch.tensor([-0.5]), backend=backend)
+    torch.testing.assert_close(got.double(), oracle(acts, positions, w, -0.5), rtol=1e-5, atol=1e-6)
+
+
+def test_probe_risk_has_no_gradient(seed):
+    acts = torch.randn(3, 4, 5, requires_grad=True)
+    risk = saferegx.probe_risk(acts, torch.tensor([1, 2, 3]), torch.randn(5), 0.0)
+    assert not risk.requires_grad
+
+
+def test_probe_risk_opcheck(seed):
+    args = (torch.randn(3, 4, 5), torch.tensor([0, 3, 1]), torch.randn(5), torch.tensor([0.1]))
+    torch.library.opcheck(torch.ops.saferegx.probe_risk.default, args)
+
+
+@pytest.mark.parametrize("bad,exc,name", [
+    (dict(acts=torch.randn(3, 5)), ValueError, "acts"),
+    (dict(positions=torch.zeros(3)), TypeError, "positions"),
+    (dict(positions=torch.tensor([0, 1])), ValueError, "positions"),
+    (dict(positions=torch.tensor([0, 1, 4])), ValueError, "positions"),
+    (dict(positions=torch.tensor([0, -1, 2])), ValueError, "positions"),
+    (dict(probe_weight=torch.randn(6)), ValueError, "probe_weight"),
+    (dict(probe_bias=torch.zeros(2)), ValueError, "probe_bias"),
+    (dict(backend="gpu"), ValueError, "backend"),
+])
+def test_probe_risk_bad_input(bad, exc, name):
+    args = dict(acts=torch.randn(3, 4, 5), positions=torch.tensor([0, 1, 2]),
+                probe_weight=torch.randn(5), probe_bias=0.0)
+    args.update(bad)
+    with pytest.raises(exc, match=name):
+        saferegx.probe_risk(**args)
+
+
+@pytest.mark.parametrize("mode", ["batch", "sequence"])
+def test_adaptive_loss_equals_composing_the_pieces(seed, mode):
+    p = make_problem(n=24, d=16, v=211, row_weights=False).to(torch.float32)
+    seq_index = torch.arange(4).repeat_interleave(6)
+    acts = torch.randn(4, 9, 10)
+    positions = torch.tensor([8, 2, 5, 0])
+    w = torch.randn(10)
+    hidden = p.hidden.clone().requires_grad_()
+    out = saferegx.adaptive_safety_loss(
+        hidden, p.weight, p.labels, p.ref_hidden, seq_index, probe_acts=acts,
+        probe_positions=positions, probe_weight=w, probe_bias=0.1,
+        schedule=RiskSchedule(mode=mode))
+    out.loss.backward()
+
+    risk = saferegx.probe_risk(acts, positions, w, 0.1, backend="reference")
+    alpha, beta = RiskSchedule(mode=mode)(risk)
+    hidden2 = p.hidden.clone().requires_grad_()
+    by_hand = saferegx.safety_loss(hidden2, p.weight, p.labels, p.ref_hidden,
+                                   ce_weight=alpha[seq_index], kl_weight=beta[seq_index])
+    by_hand.loss.backward()
+    torch.testing.assert_close(out.risk, risk)
+    torch.testing.assert_close(out.beta, beta)
+    torch.testing.assert_close(out.loss, by_hand.loss)
+    torch.testing.assert_close(hidden.grad, hidden2.grad)
+    assert ((out.beta >= 0.1 - 1e-6) & (out.beta <= 0.9 + 1e-6)).all()
+
+
+def test_adaptive_loss_takes_a_critic_risk(seed):
+    p = make_problem(n=6, d=8, v=31, row_weights=False).to(torch.float32)
+    seq_index = torch.tensor([0, 0, 0, 1, 1, 1])
+    out = saferegx.adaptive_safety_loss(p.hidden, p.weight, p.labels, p.ref_hidden, seq_index,
+                                        risk=torch.tensor([1.0, 0.0]),
+                                        schedule=RiskSchedule(mode="sequence"))
+    torch.testing.assert_close(out.beta, torch.tensor([0.9, 0.1]))
+
+
+def test_adaptive_loss_keeps_risk_detached(seed):
+    p = make_problem(n=6, d=8, v=31, row_weights=False).to(torch.float32)
+    acts = torch.randn(2, 3, 5, requires_grad=True)
+    w = torch.randn(5, requires_grad=True)
+    out = saferegx.adaptive_safety_loss(
+        p.hidden.requires_grad_(), p.weight, p.labels, p.ref_hidden, torch.tensor([0, 0, 0, 1, 1, 1]),
+        probe_acts=acts, probe_positions=torch.tensor([2, 1]), probe_weight=w)
+    out.loss.backward()
+    assert acts.grad is None and w.grad is None and not out.risk.requires_grad
+
+
+def test_adaptive_loss_needs_a_risk_source():
+    p = make_problem(n=6, d=8, v=31).to(torch.float32)
+    with pytest.raises(ValueError, match="risk"):
+        saferegx.adaptive_safety_loss(p.hidden, p.weight, p.labels, p.ref_hidden, torch.zeros(6, dtype=torch.long))
