@@ -182,6 +182,25 @@ std::tuple<at::Tensor, at::Tensor> grad_buffers(const Problem<T>& p, bool grad_h
           grad_weight ? at::zeros({p.V, p.D}, f) : at::empty({0}, f)};
 }
 
+// The chunk loop both ops share: fill each chunk's logit tiles, run `row(index, z_row, r_row)` in
+// parallel over its rows (r_row is null without a reference; the row may overwrite z with dL/dz),
+// then, when gradients are wanted, the dh / dW GEMMs on the chunk's dz.
+template <typename T, typename RowFn>
+void for_each_chunk(const Problem<T>& p, bool grads, at::Tensor& dh, at::Tensor& dw, RowFn row) {
+  const int64_t chunk = std::min(chunk_rows(p.V, p.has_ref), std::max<int64_t>(p.N, 1));
+  Tiles<T> tiles(p, chunk);
+  for (int64_t s = 0; s < p.N; s += chunk) {
+    const int64_t c = std::min(chunk, p.N - s);
+    auto [z, r] = tiles.fill(p, s, c);
+    T* z0 = z.template data_ptr<T>();
+    const T* r0 = p.has_ref ? r.template data_ptr<T>() : nullptr;
+    at::parallel_for(0, c, 1, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) row(s + i, z0 + i * p.V, r0 ? r0 + i * p.V : nullptr);
+    });
+    if (grads) accumulate_grads(p, z, s, c, dh, dw);
+  }
+}
+
 using FwdResult =
     std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
@@ -211,49 +230,34 @@ FwdResult fwd_impl(const at::Tensor& hidden, const at::Tensor& weight, const at:
 
   T *ce_p = ce.template data_ptr<T>(), *kl_p = kl.template data_ptr<T>();
   T *lz_p = lse_z.template data_ptr<T>(), *lr_p = lse_r.template data_ptr<T>();
-  const int64_t chunk = std::min(chunk_rows(p.V, p.has_ref), std::max<int64_t>(p.N, 1));
-  Tiles<T> tiles(p, chunk);
-  for (int64_t s = 0; s < p.N; s += chunk) {
-    const int64_t c = std::min(chunk, p.N - s);
-    auto [z, r] = tiles.fill(p, s, c);
-    T* z0 = z.template data_ptr<T>();
-    const T* r0 = p.has_ref ? r.template data_ptr<T>() : nullptr;
-    at::parallel_for(0, c, 1, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) {
-        const int64_t row = s + i;
-        T* zi = z0 + i * p.V;
-        const T* ri = r0 ? r0 + i * p.V : nullptr;
-        if (y[row] == ignore_index) {
-          if (need_dz) std::fill(zi, zi + p.V, T(0));
-          continue;
-        }
-        const T mz = row_max(zi, p.V);
-        double log_sz = 0.0, log_sr = 0.0, klv = 0.0;
-        T mr = 0;
-        if (ri) {
-          mr = row_max(ri, p.V);
-          double sa, sb, t;
-          const bool fwd = p.kl_mode == kForwardKL;  // KL(softmax b || softmax a)
-          row_kl_sums(fwd ? zi : ri, fwd ? ri : zi, p.V, fwd ? mz : mr, fwd ? mr : mz, &sa, &sb,
-                      &t);
-          log_sz = std::log(fwd ? sa : sb);
-          log_sr = std::log(fwd ? sb : sa);
-          klv = t / sb + std::log(sa) - std::log(sb);
-        } else {
-          log_sz = std::log(row_sum_exp(zi, p.V, mz));
-        }
-        ce_p[row] = static_cast<T>((static_cast<double>(mz) - zi[y[row]]) + log_sz);
-        kl_p[row] = static_cast<T>(klv);
-        lz_p[row] = static_cast<T>(mz + log_sz);
-        lr_p[row] = static_cast<T>(mr + log_sr);
-        if (need_dz)
-          row_grad(p, zi, ri, y[row], Lse<T>{mz, static_cast<T>(log_sz)},
-                   Lse<T>{mr, static_cast<T>(log_sr)}, kl_p[row], p.alpha_at(row) * scale,
-                   p.beta_at(row) * scale);
-      }
-    });
-    if (need_dz) accumulate_grads(p, z, s, c, dh, dw);
-  }
+  for_each_chunk(p, need_dz, dh, dw, [&](int64_t row, T* zi, const T* ri) {
+    if (y[row] == ignore_index) {
+      if (need_dz) std::fill(zi, zi + p.V, T(0));
+      return;
+    }
+    const T mz = row_max(zi, p.V);
+    double log_sz = 0.0, log_sr = 0.0, klv = 0.0;
+    T mr = 0;
+    if (ri) {
+      mr = row_max(ri, p.V);
+      double sa, sb, t;
+      const bool fwd = p.kl_mode == kForwardKL;  // KL(softmax b || softmax a)
+      row_kl_sums(fwd ? zi : ri, fwd ? ri : zi, p.V, fwd ? mz : mr, fwd ? mr : mz, &sa, &sb, &t);
+      log_sz = std::log(fwd ? sa : sb);
+      log_sr = std::log(fwd ? sb : sa);
+      klv = t / sb + std::log(sa) - std::log(sb);
+    } else {
+      log_sz = std::log(row_sum_exp(zi, p.V, mz));
+    }
+    ce_p[row] = static_cast<T>((static_cast<double>(mz) - zi[y[row]]) + log_sz);
+    kl_p[row] = static_cast<T>(klv);
+    lz_p[row] = static_cast<T>(mz + log_sz);
+    lr_p[row] = static_cast<T>(mr + log_sr);
+    if (need_dz)
+      row_grad(p, zi, ri, y[row], Lse<T>{mz, static_cast<T>(log_sz)},
+               Lse<T>{mr, static_cast<T>(log_sr)}, kl_p[row], p.alpha_at(row) * scale,
+               p.beta_at(row) * scale);
+  });
 
   at::Tensor loss;
   if (reduction == kReductionNone) {
@@ -303,29 +307,15 @@ std::tuple<at::Tensor, at::Tensor> bwd_impl(
 
   const int64_t* y = p.labels.template data_ptr<int64_t>();
   const T *g_p = gr.template data_ptr<T>(), *kl_p = klc.template data_ptr<T>();
-  const int64_t chunk = std::min(chunk_rows(p.V, p.has_ref), std::max<int64_t>(p.N, 1));
-  Tiles<T> tiles(p, chunk);
-  for (int64_t s = 0; s < p.N; s += chunk) {
-    const int64_t c = std::min(chunk, p.N - s);
-    auto [z, r] = tiles.fill(p, s, c);
-    T* z0 = z.template data_ptr<T>();
-    const T* r0 = p.has_ref ? r.template data_ptr<T>() : nullptr;
-    at::parallel_for(0, c, 1, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) {
-        const int64_t row = s + i;
-        T* zi = z0 + i * p.V;
-        if (y[row] == ignore_index) {
-          std::fill(zi, zi + p.V, T(0));
-          continue;
-        }
-        const T* ri = r0 ? r0 + i * p.V : nullptr;
-        const Lse<T> lr = ri ? row_lse(ri, p.V) : Lse<T>{0, 0};
-        row_grad(p, zi, ri, y[row], row_lse<T>(zi, p.V), lr, kl_p[row],
-                 p.alpha_at(row) * g_p[row], p.beta_at(row) * g_p[row]);
-      }
-    });
-    accumulate_grads(p, z, s, c, dh, dw);
-  }
+  for_each_chunk(p, true, dh, dw, [&](int64_t row, T* zi, const T* ri) {
+    if (y[row] == ignore_index) {
+      std::fill(zi, zi + p.V, T(0));
+      return;
+    }
+    const Lse<T> lr = ri ? row_lse(ri, p.V) : Lse<T>{0, 0};
+    row_grad(p, zi, ri, y[row], row_lse<T>(zi, p.V), lr, kl_p[row], p.alpha_at(row) * g_p[row],
+             p.beta_at(row) * g_p[row]);
+  });
   return {dh, dw};
 }
 
