@@ -63,9 +63,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def fit(args: argparse.Namespace) -> dict:
+    from safetensors import SafetensorError
+
     from ..data import default_split, model_name
     from .metrics import accuracy, auroc, tpr_at_fpr
-    from .probe import fit_probe, prompt_activations
+    from .probe import decoder_layers, fit_probe, prompt_activations
 
     torch.manual_seed(args.seed)
     texts, labels, splits = default_split(args.seed)
@@ -75,8 +77,10 @@ def fit(args: argparse.Namespace) -> dict:
         if len(labels[idx].unique()) < 2:
             raise UsageError(f"the {name} split has {len(idx)} prompts, not both classes: "
                              f"raise --max-prompts")
+    if args.out.is_dir():
+        raise UsageError(f"--out {args.out}: is a folder; give the probe file's path")
     model, tokenizer = _load_model(args.model)
-    n_layers = model.config.num_hidden_layers
+    n_layers = len(decoder_layers(model))  # what Probe.check compares
     layers = list(range(n_layers)) if args.layer == "auto" else [_layer(args.layer, n_layers)]
 
     used = torch.cat(splits).sort().values
@@ -90,8 +94,11 @@ def fit(args: argparse.Namespace) -> dict:
                       model_name=model_name(model), num_layers=n_layers,
                       data=f"{FIT_DATA}(seed={args.seed}), train {len(train)}")
     risk = probe.risk(acts[[layers.index(l) for l in probe.layers]].mean(0)[test])
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    probe.save(args.out)
+    try:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        probe.save(args.out)
+    except (OSError, SafetensorError) as e:
+        raise UsageError(f"--out {args.out}: cannot write ({getattr(e, 'strerror', None) or e})") from None
     return {"layer": probe.layers[0], "pool": probe.pool, "val_auroc": probe.auroc,
             "test_auroc": auroc(risk, y[test]), "accuracy": accuracy(risk, y[test]),
             "tpr_at_fpr_5": tpr_at_fpr(risk, y[test], 0.05), "n_train": len(train),

@@ -205,3 +205,10 @@ def test_eval_bad_probe_files(tmp_path, prompt_files, kind):
     assert code == 2 and stdout == ""
     assert str(path) in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_fit_refuses_a_folder_as_out(models, tmp_path):
+    code, stdout, err = run_cli("probe", "fit", "--model", models["tiny"], "--out", tmp_path)
+    assert code == 2 and stdout == ""
+    assert f"--out {tmp_path}: is a folder" in err and "Traceback" not in err
