@@ -1,0 +1,194 @@
+"""The training loop: read it top to bottom.
+
+One optimizer step = ``grad_accum`` micro-batches. For the whole step we first run the frozen
+reference (final hidden states for the KL, probe-layer activations for the risk) and turn the risk
+into per-sequence ``(alpha, beta)``, so that batch-mode beta is one value per optimizer batch
+however it is split. Then each micro-batch runs the policy to its final hidden states and the fused
+op adds ``alpha * CE + beta * KL(ref || policy)`` over its response tokens (``reduction="sum"``),
+divided by the response-token count of the *whole* step: unequal micro-batches then give exactly
+the gradient of one big batch.
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .. import safety_loss
+from ..risk.critic import EmbeddingCritic, SafetyCritic, default_critic
+from ..risk.probe import Probe
+from ..risk.schedule import RiskSchedule
+from . import checkpoint
+from .batches import IGNORE_INDEX, DataOrder, collate, load_examples
+from .config import TrainConfig
+from .metrics import MetricsLog
+from .model import final_hidden, lm_head, prepare, reference_pass
+from .signals import RiskSource
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training stopped on a NaN/inf loss; the last good checkpoint is left in place."""
+
+
+@dataclass
+class TrainResult:
+    history: list[dict]       # one record per optimizer step (as in metrics.jsonl)
+    model: torch.nn.Module    # the trained policy (a PeftModel with LoRA)
+    tokenizer: object
+    output_dir: Path
+
+    def save_adapter(self, out_dir: str | Path) -> Path:
+        """``save_pretrained`` of the trained model: the LoRA adapter, or the full model."""
+        self.model.save_pretrained(str(out_dir))
+        if not hasattr(self.model, "peft_config"):
+            self.tokenizer.save_pretrained(str(out_dir))
+        return Path(out_dir)
+
+
+def warmup_cosine(step: int, *, warmup: int, total: int) -> float:
+    """LR multiplier: linear warmup to 1 over ``warmup`` steps, then cosine towards 0."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def train(cfg: TrainConfig, *, model=None, tokenizer=None, critic: SafetyCritic | None = None) -> TrainResult:
+    """Fine-tune per ``cfg``. ``model``/``tokenizer`` default to ``cfg.model`` (None: the embedded
+    SmolLM2); ``critic`` to ``cfg.critic`` (None: the embedded MiniLM critic)."""
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    device = _device(cfg)
+    out = Path(cfg.output_dir)
+    ckpt_root = out / "checkpoints"
+    resume_from = checkpoint.latest(ckpt_root) if cfg.resume else None
+    if not cfg.resume and checkpoint.latest(ckpt_root) is not None:
+        raise ValueError(f"{ckpt_root} holds checkpoints of an earlier run: set resume: true to "
+                         "continue it, or choose another output_dir")
+
+    # --- data -------------------------------------------------------------------------------
+    examples = load_examples(cfg.data)
+    order = DataOrder(len(examples), cfg.batch_size, cfg.seed)
+    total_steps = cfg.max_steps or math.ceil(cfg.epochs * order.batches_per_epoch / cfg.grad_accum)
+
+    # --- model, reference, risk -------------------------------------------------------------
+    if model is None:
+        from ..data.models import load_model
+
+        model, tokenizer = load_model(cfg.model)
+    elif tokenizer is None:
+        raise ValueError("train(model=...) needs its tokenizer too")
+    probe = Probe.load(cfg.probe, model) if cfg.risk == "probe" else None
+    if cfg.risk == "critic" and critic is None:
+        critic = EmbeddingCritic.load(cfg.critic) if cfg.critic else default_critic()
+    source = RiskSource(cfg.risk, probe=probe, critic=critic, fixed_beta=cfg.beta)
+    model, reference = prepare(model, cfg)
+    model.to(device).train()
+    if reference is not None:
+        reference.to(device)
+    head = lm_head(model).weight                       # shared by policy and LoRA reference
+    ref_head = None if reference is None else lm_head(reference).weight
+    schedule = RiskSchedule(cfg.beta_min, cfg.beta_max, cfg.schedule_mode, cfg.momentum, cfg.alpha)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, partial(warmup_cosine, warmup=cfg.warmup_steps, total=total_steps))
+    autocast = partial(torch.autocast, device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
+
+    # --- resume -----------------------------------------------------------------------------
+    step = 0
+    if resume_from is not None:
+        step = checkpoint.load(resume_from, model=model, optimizer=optimizer, scheduler=scheduler,
+                               order=order, schedule=schedule, config=cfg.to_dict())
+    log = MetricsLog(out / "metrics.jsonl", step,
+                     Path(cfg.log_dir or out / "tensorboard") if cfg.tensorboard else None)
+    save = partial(checkpoint.save, ckpt_root, model=model, optimizer=optimizer, scheduler=scheduler,
+                   order=order, schedule=schedule, config=cfg.to_dict(), keep=cfg.keep_checkpoints)
+    last_good = resume_from
+
+    bar = tqdm(total=total_steps, initial=step, disable=not cfg.progress, desc="train")
+    try:
+        while step < total_steps:
+            t0 = time.perf_counter()
+            micro = [collate(tokenizer, [examples[i] for i in order.next()], cfg.max_length).to(device)
+                     for _ in range(cfg.grad_accum)]
+            n_tokens = sum(b.n_tokens for b in micro)  # the global normalizer of this step
+
+            # 1. reference pass and risk, for the whole optimizer batch
+            refs, risks = [], []
+            for batch in micro:
+                ref_hidden, taps = None, {}
+                if source.needs_reference:
+                    with autocast():
+                        ref_hidden, taps = reference_pass(model, reference, batch, source.layers)
+                refs.append(ref_hidden)
+                risks.append(source.risk(batch, taps))
+            risk = None if risks[0] is None else torch.cat(risks)
+            sizes = [b.input_ids.shape[0] for b in micro]
+            alpha, beta = source.weights(risk, sum(sizes), schedule, device)
+
+            # 2. policy forward, fused loss over response tokens, backward
+            optimizer.zero_grad(set_to_none=True)
+            sums = torch.zeros(3, dtype=torch.float64)
+            for k, (batch, ref_hidden) in enumerate(zip(micro, refs)):
+                with autocast():
+                    hidden = final_hidden(model, batch)
+                rows = batch.labels != IGNORE_INDEX
+                seq = rows.nonzero()[:, 0] + sum(sizes[:k])  # row -> sequence of the step
+                res = safety_loss(
+                    hidden[rows].to(head.dtype), head, batch.labels[rows],
+                    None if ref_hidden is None else ref_hidden[rows].to(head.dtype),
+                    ce_weight=None if alpha is None else alpha[seq],
+                    kl_weight=None if beta is None else beta[seq],
+                    ref_weight=ref_head, kl=cfg.kl, reduction="sum", backend=cfg.backend)
+                (res.loss / n_tokens).backward()
+                sums += torch.stack([res.loss.detach(), res.ce.sum(), res.kl.sum()]).double().cpu()
+            loss, ce, kl = (sums / n_tokens).tolist()
+            if not math.isfinite(loss):
+                raise NonFiniteLossError(
+                    f"step {step + 1}: loss is {loss} (ce {ce}, kl {kl}); training stopped before "
+                    f"the optimizer step. Last good checkpoint: {last_good or 'none'}. "
+                    "Lower lr, check the data, or resume from the checkpoint.")
+
+            # 3. clip, step, schedule
+            if cfg.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            lr = scheduler.get_last_lr()[0]
+            optimizer.step()
+            scheduler.step()
+            step += 1
+
+            # 4. log and checkpoint
+            seconds = time.perf_counter() - t0
+            log.write({"step": step, "epoch": order.epoch, "loss": loss, "ce": ce, "kl": kl,
+                       "risk": float("nan") if risk is None else risk.mean().item(),
+                       "beta": float("nan") if beta is None else beta.mean().item(), "lr": lr,
+                       "tokens": n_tokens,
+                       "tokens_per_s": sum(int(b.attention_mask.sum()) for b in micro) / seconds})
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}", kl=f"{kl:.4f}")
+            if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == total_steps:
+                last_good = save(step)
+    finally:
+        bar.close()
+        log.close()
+    return TrainResult(log.history, model, tokenizer, out)
+
+
+def _device(cfg: TrainConfig) -> torch.device:
+    if cfg.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(cfg.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"config key 'device' is {cfg.device!r} but CUDA is not available")
+    if cfg.bf16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError("config key 'bf16' is true but this GPU does not support bf16")
+    return device
+

@@ -1,0 +1,102 @@
+"""The policy and its frozen safe reference, and the two forward passes the loss needs.
+
+With LoRA the reference is the same model with its adapters disabled: no second copy of the
+weights, and the LM head is shared, so the fused loss reads ``W`` once. With full fine-tuning it is
+a frozen deep copy. Both passes stop at the final hidden states: the fused op applies the head
+itself, so no ``[tokens, vocab]`` logits are ever formed.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from ..risk.probe import decoder_layers
+from .batches import Batch
+from .config import TrainConfig
+
+LORA_HEAD_MESSAGE = ("LoRA on the LM head is not supported: policy and reference (adapters disabled) "
+                     "must share the head so the fused loss reads W once; leave lm_head out of the "
+                     "LoRA target modules")
+
+
+def prepare(model: nn.Module, cfg: TrainConfig) -> tuple[nn.Module, nn.Module | None]:
+    """``(policy, reference)``; ``reference`` is None when it is the policy with adapters disabled.
+
+    A model that is already a ``peft.PeftModel`` is trained as given (its own LoRA config).
+    """
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    if cfg.finetune == "lora":
+        if not isinstance(model, PeftModel):
+            model.requires_grad_(False)
+            lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                              target_modules=list(cfg.lora_target_modules), task_type="CAUSAL_LM")
+            model = get_peft_model(model, lora)
+        if hasattr(model.get_base_model().get_output_embeddings(), "lora_A"):
+            raise ValueError(LORA_HEAD_MESSAGE)
+        return model, None
+    if isinstance(model, PeftModel):
+        raise ValueError("finetune: full was given a PEFT model; pass the plain model")
+    model.requires_grad_(True)
+    reference = None
+    if cfg.risk in ("probe", "critic", "fixed"):
+        reference = copy.deepcopy(model).eval().requires_grad_(False)
+    return model, reference
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The transformers model under a PEFT wrapper (LoRA layers stay injected in it)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def lm_head(model: nn.Module) -> nn.Module:
+    return unwrap(model).get_output_embeddings()
+
+
+def final_hidden(model: nn.Module, batch: Batch) -> torch.Tensor:
+    """``[B, T, D]`` final hidden states (after the last norm), without the LM head."""
+    decoder = unwrap(model).get_decoder()
+    return decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                   use_cache=False).last_hidden_state
+
+
+@contextlib.contextmanager
+def tap_layers(model: nn.Module, layers: Sequence[int]):
+    """Collects ``{layer: output [B, T, D]}`` of decoder blocks while inside (forward hooks)."""
+    taps: dict[int, torch.Tensor] = {}
+    blocks = decoder_layers(model)
+
+    def hook(i):
+        def fn(_module, _args, output):
+            taps[i] = output[0] if isinstance(output, tuple) else output
+        return fn
+
+    handles = [blocks[i].register_forward_hook(hook(i)) for i in sorted(set(layers))]
+    try:
+        yield taps
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@torch.no_grad()
+def reference_pass(policy: nn.Module, reference: nn.Module | None, batch: Batch,
+                   layers: Sequence[int] = ()) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    """The frozen reference's final hidden states and its probe-layer outputs, in eval mode.
+
+    ``reference=None`` runs ``policy`` with its adapters disabled.
+    """
+    net = policy if reference is None else reference
+    was_training = net.training
+    net.eval()
+    off = policy.disable_adapter() if reference is None else contextlib.nullcontext()
+    try:
+        with off, tap_layers(net, layers) as taps:
+            hidden = final_hidden(net, batch)
+    finally:
+        net.train(was_training)
+    return hidden, taps

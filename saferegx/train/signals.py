@@ -1,0 +1,71 @@
+"""Risk per sequence and the (alpha, beta) weights it sets, for each risk source.
+
+``probe`` reads the reference pass's probe layer (no extra forward), ``critic`` scores the batch's
+prompts, ``fixed`` is a constant beta (constrained SFT), ``none`` is plain SFT. An example's own
+``risk`` field, where given, overrides the probe or critic for that example.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..ops.probe import probe_risk
+from ..risk.critic import SafetyCritic
+from ..risk.probe import Probe, pool_hidden
+from ..risk.schedule import RiskSchedule
+from .batches import Batch
+
+
+class RiskSource:
+    def __init__(self, kind: str, *, probe: Probe | None = None, critic: SafetyCritic | None = None,
+                 fixed_beta: float = 0.5):
+        if kind == "probe" and probe is None:
+            raise ValueError("risk source 'probe' needs a probe")
+        if kind == "critic" and critic is None:
+            raise ValueError("risk source 'critic' needs a critic")
+        self.kind, self.probe, self.critic, self.fixed_beta = kind, probe, critic, fixed_beta
+
+    @property
+    def needs_reference(self) -> bool:
+        """Plain SFT skips the reference forward altogether."""
+        return self.kind != "none"
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        """Decoder layers the reference pass must tap."""
+        return tuple(self.probe.layers) if self.kind == "probe" else ()
+
+    def risk(self, batch: Batch, taps: dict[int, torch.Tensor]) -> torch.Tensor | None:
+        """Risk ``[B]`` fp32 in [0, 1] (detached), or None for ``fixed`` / ``none``."""
+        if self.kind in ("fixed", "none"):
+            return None
+        if self.kind == "probe":
+            risk = read_probe(self.probe, taps, batch)
+        else:
+            risk = self.critic.score(batch.prompts).to(batch.risk.device, torch.float32)
+        return torch.where(torch.isnan(batch.risk), risk, batch.risk).detach()
+
+    def weights(self, risk: torch.Tensor | None, n_seqs: int, schedule: RiskSchedule,
+                device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Per-sequence ``(alpha, beta)`` ``[B]``; ``(None, None)`` for plain SFT."""
+        if self.kind == "none":
+            return None, None
+        if self.kind == "fixed":
+            beta = torch.full((n_seqs,), self.fixed_beta, dtype=torch.float32, device=device)
+            return schedule.alpha_of(beta), beta
+        return schedule(risk)
+
+
+def read_probe(probe: Probe, taps: dict[int, torch.Tensor], batch: Batch) -> torch.Tensor:
+    """``sigmoid(w . pooled + b)`` of the prompt, from the tapped layer(s) averaged.
+
+    ``last`` gathers the last prompt token inside the op; ``mean`` averages the prompt's tokens
+    (not the response's: the risk must be known before the answer) and reads that one row.
+    """
+    acts = torch.stack([taps[i] for i in probe.layers]).mean(0)
+    weight = probe.weight.to(acts.device)
+    if probe.pool == "last":
+        return probe_risk(acts, batch.prompt_pos, weight, probe.bias)
+    t = torch.arange(acts.shape[1], device=acts.device)
+    prompt_mask = (t[None, :] <= batch.prompt_pos[:, None]).long()
+    pooled = pool_hidden(acts, prompt_mask, "mean")[:, None, :]
+    return probe_risk(pooled, torch.zeros_like(batch.prompt_pos), weight, probe.bias)

@@ -1,0 +1,149 @@
+"""The training loop against hand-composed losses, on tiny Llamas with the real tokenizer."""
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from saferegx.train import DataOrder, NonFiniteLossError, collate, load_examples, train
+from saferegx.train.model import reference_pass
+
+from conftest import composed_loss
+
+FIELDS = ("loss", "ce", "kl", "risk", "beta")
+
+
+def first_batch(cfg, tokenizer):
+    examples = load_examples(cfg.data)
+    idx = DataOrder(len(examples), cfg.batch_size, cfg.seed).next()
+    return collate(tokenizer, [examples[i] for i in idx], cfg.max_length)
+
+
+@pytest.mark.parametrize("mode", ["sequence", "batch"])
+def test_first_step_loss_equals_hand_composed_safety_loss(config, tokenizer, lora_model, probe_file, mode):
+    path, probe = probe_file("last")
+    cfg = config(risk="probe", probe=path, max_steps=1, schedule_mode=mode)
+    model = lora_model()
+    batch = first_batch(cfg, tokenizer)
+    expected, risk, beta = composed_loss(model, batch, probe, mode)
+    assert expected.kl.sum() > 0  # the adapters start non-zero: policy != reference
+    got = train(cfg, model=model, tokenizer=tokenizer).history[0]
+    n = batch.n_tokens
+    assert got["loss"] == pytest.approx(expected.loss.item(), rel=1e-5)
+    assert got["ce"] == pytest.approx(expected.ce.sum().item() / n, rel=1e-5)
+    assert got["kl"] == pytest.approx(expected.kl.sum().item() / n, rel=1e-4)
+    assert got["risk"] == pytest.approx(risk.mean().item(), rel=1e-5)
+    assert got["beta"] == pytest.approx(beta.mean().item(), rel=1e-5)
+
+
+def test_mean_pooled_probe_over_a_layer_range(config, tokenizer, lora_model, probe_file):
+    path, probe = probe_file("mean", layers=(0, 1))
+    cfg = config(risk="probe", probe=path, max_steps=1, schedule_mode="sequence")
+    model = lora_model()
+    batch = first_batch(cfg, tokenizer)
+    with torch.no_grad(), model.disable_adapter():
+        hs = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                   output_hidden_states=True).hidden_states
+    acts = (hs[1] + hs[2]) / 2
+    t = torch.arange(acts.shape[1])
+    mask = (t[None] <= batch.prompt_pos[:, None]).float()[..., None]  # prompt tokens only
+    risk = torch.sigmoid(((acts * mask).sum(1) / mask.sum(1)) @ probe.weight + probe.bias)
+    risk = torch.where(torch.isnan(batch.risk), risk, batch.risk)
+    got = train(cfg, model=model, tokenizer=tokenizer).history[0]
+    assert got["risk"] == pytest.approx(risk.mean().item(), rel=1e-5)
+
+
+def test_unequal_micro_batches_equal_one_big_batch(config, tokenizer, lora_model, probe_file):
+    path, _ = probe_file("last")
+    common = dict(risk="probe", probe=path, max_steps=1, max_grad_norm=0.0, momentum=0.5)
+    split = config(batch_size=4, grad_accum=2, output_dir=str(config().output_dir) + "-split", **common)
+    whole = config(batch_size=7, grad_accum=1, output_dir=str(config().output_dir) + "-whole", **common)
+    examples = load_examples(split.data)
+    order = DataOrder(len(examples), 4, split.seed)
+    sizes = [collate(tokenizer, [examples[i] for i in order.next()], 48).n_tokens for _ in range(2)]
+    assert len(examples) == 7 and sizes[0] != sizes[1]  # 4 + 3 sequences, unequal token counts
+    a = train(split, model=lora_model(), tokenizer=tokenizer)
+    b = train(whole, model=lora_model(), tokenizer=tokenizer)
+    for key in FIELDS + ("tokens",):
+        assert a.history[0][key] == pytest.approx(b.history[0][key], rel=1e-5), key
+    grads_a = {n: p.grad for n, p in a.model.named_parameters() if p.requires_grad}
+    grads_b = {n: p.grad for n, p in b.model.named_parameters() if p.requires_grad}
+    assert grads_a.keys() == grads_b.keys() and len(grads_a) > 0
+    for name in grads_a:
+        torch.testing.assert_close(grads_a[name], grads_b[name], rtol=1e-4, atol=1e-7, msg=name)
+
+
+def test_lora_reference_is_the_base_model(config, tokenizer, make_model):
+    base = make_model()
+    untouched = copy.deepcopy(base)
+    result = train(config(risk="fixed", max_steps=3), model=base, tokenizer=tokenizer)
+    h = result.history
+    assert h[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # LoRA starts at B = 0: policy == reference
+    assert h[2]["kl"] > 1e-4                            # and drifts once it trains
+    batch = first_batch(config(), tokenizer)
+    ref, _ = reference_pass(result.model, None, batch)
+    expected = untouched.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+    torch.testing.assert_close(ref, expected)
+
+
+@pytest.mark.parametrize("risk", ["none", "fixed", "probe", "critic"])
+def test_risk_sources_run(config, tokenizer, make_model, probe_file, risk):
+    cfg = config(risk=risk, probe=probe_file()[0], max_steps=2, grad_accum=2, beta=0.3)
+    model = make_model()
+    calls = []
+    model.model.layers[0].register_forward_hook(lambda *a: calls.append(1))
+    h = train(cfg, model=model, tokenizer=tokenizer).history
+    assert [r["step"] for r in h] == [1, 2]
+    assert all(r["loss"] > 0 for r in h)
+    lines = (cfg.output_dir + "/metrics.jsonl")
+    assert [json.loads(l) for l in open(lines)] == h
+    if risk == "none":  # plain SFT: CE only, and no reference forward at all
+        assert len(calls) == 4 and all(r["kl"] == 0 and r["beta"] is None and r["risk"] is None for r in h)
+    else:
+        assert len(calls) == 8
+    if risk == "fixed":
+        assert all(r["beta"] == pytest.approx(0.3) and r["risk"] is None for r in h)
+    if risk in ("probe", "critic"):
+        assert all(0 <= r["risk"] <= 1 and r["beta"] == pytest.approx(0.1 + 0.8 * r["risk"]) for r in h)
+
+
+def test_full_finetuning_trains_the_head_against_a_frozen_copy(config, tokenizer, make_model):
+    model = make_model()
+    head_before = model.lm_head.weight.detach().clone()
+    result = train(config(finetune="full", risk="fixed", max_steps=2), model=model, tokenizer=tokenizer)
+    assert result.history[0]["kl"] == pytest.approx(0.0, abs=1e-6) and result.history[1]["kl"] > 0
+    assert not torch.equal(result.model.lm_head.weight, head_before)
+
+
+def test_lora_on_the_lm_head_is_refused(config, tokenizer, make_model):
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(make_model(), LoraConfig(r=2, target_modules=["q_proj", "lm_head"]))
+    with pytest.raises(ValueError, match="LoRA on the LM head"):
+        train(config(), model=model, tokenizer=tokenizer)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(config, tokenizer, make_model):
+    cfg = config(risk="none", max_steps=5, checkpoint_every=1, keep_checkpoints=5)
+    model = make_model()
+    calls = []
+
+    def poison(_module, _args, output):  # the third step's forward turns NaN
+        calls.append(1)
+        return output * float("nan") if len(calls) == 3 else output
+
+    model.model.norm.register_forward_hook(poison)
+    with pytest.raises(NonFiniteLossError, match=r"step 3: loss is nan.*step-000002"):
+        train(cfg, model=model, tokenizer=tokenizer)
+    ckpts = sorted(p.name for p in (Path(cfg.output_dir) / "checkpoints").iterdir())
+    assert ckpts == ["step-000001", "step-000002"]
+    assert len(open(cfg.output_dir + "/metrics.jsonl").readlines()) == 2
+
+
+def test_bf16_autocast_runs_and_stays_close_to_fp32(config, tokenizer, make_model, tmp_path):
+    fp32 = train(config(max_steps=1, output_dir=str(tmp_path / "fp32")), model=make_model(), tokenizer=tokenizer)
+    bf16 = train(config(max_steps=1, bf16=True, output_dir=str(tmp_path / "bf16")), model=make_model(),
+                 tokenizer=tokenizer)
+    assert bf16.history[0]["loss"] == pytest.approx(fp32.history[0]["loss"], rel=2e-2)
+    assert bf16.history[0]["loss"] != fp32.history[0]["loss"]  # autocast did take effect
