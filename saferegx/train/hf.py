@@ -1,0 +1,105 @@
+"""``SafetyTrainer``: the same loss inside ``transformers.Trainer``, for people already on HF/TRL.
+
+``compute_loss`` runs the reference (adapters disabled, or ``ref_model``), reads the risk, applies
+the schedule and calls the fused op with ``reduction="sum"``, divided by HF's ``num_items_in_batch``
+(the response-token count of the whole accumulated batch, so unequal micro-batches are exact).
+The policy forward goes through the (possibly DDP-wrapped) model with ``logits_to_keep=1`` and reads
+the final hidden states, so the full ``[tokens, vocab]`` logits are never formed.
+
+Differences from :func:`saferegx.train.train`: in ``batch`` schedule mode the EMA advances per
+micro-batch (HF hands ``compute_loss`` one micro-batch at a time); FSDP/ZeRO-3 are not supported
+(the LM head weight is read outside its module's forward).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from transformers import Trainer
+
+from .. import safety_loss
+from ..risk.critic import SafetyCritic
+from ..risk.probe import Probe
+from ..risk.schedule import RiskSchedule
+from .batches import IGNORE_INDEX, Batch, collate
+from .model import lm_head, reference_pass
+from .signals import RiskSource
+
+_BATCH_FIELDS = [f.name for f in dataclasses.fields(Batch)]
+
+
+class SafetyCollator:
+    """Examples ``{"prompt", "response"[, "risk"]}`` -> the dict of a :class:`Batch` (``labels``
+    already shifted; ``shift_labels`` tells HF to count them as they are)."""
+
+    def __init__(self, tokenizer, max_length: int = 512):
+        self.tokenizer, self.max_length = tokenizer, max_length
+
+    def __call__(self, examples):
+        batch = collate(self.tokenizer, examples, self.max_length)
+        out = {k: getattr(batch, k) for k in _BATCH_FIELDS}
+        out["shift_labels"] = batch.labels
+        return out
+
+
+class SafetyTrainer(Trainer):
+    """``transformers.Trainer`` whose loss is ``alpha * CE + beta * KL(ref || policy)``.
+
+    ``risk``: ``probe`` (give ``probe``), ``critic`` (give ``critic``), ``fixed`` (``beta``) or
+    ``none``. The reference is the model with its adapters disabled (a ``PeftModel``) or
+    ``ref_model`` (full fine-tuning). Use :class:`SafetyCollator` as the data collator.
+    """
+
+    loss_is_scaled_for_ga = True  # compute_loss divides by the global token count itself
+
+    def __init__(self, *args, risk: str = "critic", probe: Probe | None = None,
+                 critic: SafetyCritic | None = None, beta: float = 0.5,
+                 schedule: RiskSchedule | None = None, kl: str = "forward", backend: str = "auto",
+                 ref_model: torch.nn.Module | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Our columns (prompts, prompt_pos, risk) are not model.forward arguments; keep them.
+        self.args.remove_unused_columns = False
+        # Always have HF count num_items_in_batch over the accumulated micro-batches.
+        self.model_accepts_loss_kwargs = True
+        self.source = RiskSource(risk, probe=probe, critic=critic, fixed_beta=beta)
+        self.schedule = schedule or RiskSchedule()
+        self.kl, self.backend = kl, backend
+        self.ref_model = (None if ref_model is None else
+                          ref_model.to(self.args.device).eval().requires_grad_(False))
+        if self.source.needs_reference and ref_model is None and not hasattr(self.model, "disable_adapter"):
+            raise ValueError("SafetyTrainer needs a reference: a PeftModel (adapters disabled) or ref_model=")
+        if ref_model is None and hasattr(lm_head(self.model), "lora_A"):
+            raise ValueError("LoRA on the LM head is not supported: policy and reference must share it")
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        batch = Batch(**{k: inputs[k] for k in _BATCH_FIELDS})
+        policy = self.accelerator.unwrap_model(model)
+        ref_hidden, taps = None, {}
+        if self.source.needs_reference:
+            ref_hidden, taps = reference_pass(policy, self.ref_model, batch, self.source.layers)
+        risk = self.source.risk(batch, taps)
+        alpha, beta = self.source.weights(risk, batch.input_ids.shape[0], self.schedule,
+                                          batch.input_ids.device)
+        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                    logits_to_keep=1, output_hidden_states=True, use_cache=False)
+        hidden = out.hidden_states[-1]  # final norm applied, LM head not
+        head = lm_head(policy).weight
+        rows = batch.labels != IGNORE_INDEX
+        seq = rows.nonzero()[:, 0]
+        res = safety_loss(
+            hidden[rows].to(head.dtype), head, batch.labels[rows],
+            None if ref_hidden is None else ref_hidden[rows].to(head.dtype),
+            ce_weight=None if alpha is None else alpha[seq],
+            kl_weight=None if beta is None else beta[seq],
+            ref_weight=None if self.ref_model is None else lm_head(self.ref_model).weight,
+            kl=self.kl, reduction="sum", backend=self.backend)
+        n = num_items_in_batch if num_items_in_batch is not None else rows.sum()
+        loss = res.loss / n
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * self.accelerator.num_processes  # DDP averages gradients over processes
+        if return_outputs:
+            return loss, {"ce": res.ce, "kl": res.kl, "risk": risk, "beta": beta}
+        return loss
+
+
+__all__ = ["SafetyCollator", "SafetyTrainer"]
