@@ -1,4 +1,5 @@
 """`saferegx train --config FILE.yaml [--resume]` on a tiny model saved as a HF folder."""
+
 import pytest
 import yaml
 
