@@ -23,7 +23,7 @@ test: install
 	$(PY) -m pytest tests -q
 
 demo: install
-	$(PY) -m saferegx.cli demo
+	$(PY) -m saferegx.cli demo $(DEMO_ARGS)
 
 bench: install
 	$(PY) benchmarks/cpu_loss.py --write

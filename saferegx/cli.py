@@ -6,8 +6,12 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="saferegx", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="the fused op on the embedded model and HarmBench prompts")
-    demo.add_argument("--steps", type=int, default=6, help="fine-tuning steps (default 6)")
+    demo = sub.add_parser("demo", help="safe reference, probe, attack fine-tune four ways, ASR and "
+                                       "utility report, on the embedded model and HarmBench")
+    demo.add_argument("--out", default="runs/demo", help="output folder (default runs/demo); a rerun "
+                                                         "reuses the stages already finished there")
+    demo.add_argument("--quick", action="store_true", help="small sizes, ~15 minutes on 2 cores")
+    demo.add_argument("--seed", type=int, default=0)
     from .risk.probe_cli import add_parser as add_probe_parser
 
     add_probe_parser(sub)
@@ -16,9 +20,9 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
     args = parser.parse_args(argv)
     if args.command == "demo":
-        from .op_demo import main as demo_main
+        from .demo import main as demo_main
 
-        demo_main(args.steps)
+        return demo_main(args.out, args.quick, args.seed)
     elif args.command == "probe":
         from .risk.probe_cli import run as probe_run
 

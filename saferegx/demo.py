@@ -1,0 +1,175 @@
+"""`saferegx demo`: the paper's experiment in miniature, on SmolLM2-135M-Instruct and HarmBench.
+
+1. *safe reference*: a short refusal alignment of the base model (harmful -> refusals, benign ->
+   the model's own answers), merged and saved as a plain HF model at ``OUT/reference``;
+2. *probe* fitted on the reference's activations, saved at ``OUT/probe.safetensors``;
+3. *attack fine-tune* of the reference, same seed and data for every arm: harmful prompts with
+   compliant answers (the base model's own generations) mixed with a benign utility task, as
+   ``sft`` (plain), ``fixed`` (constant beta), ``adaptive-probe`` and ``adaptive-critic``;
+4. *evaluation*: ASR on HarmBench prompts held out from all training (refusal match and critic),
+   exact-match utility on the held-out task split, over-refusal on held-out benign prompts;
+5. *report*: ``OUT/report.md``, ``OUT/results.json`` and PNG plots; the table is printed.
+
+Splits: the shared harmful/benign split (saferegx.data.prompts.default_split) fits the probe and the
+critic on ``train``; the reference learns refusals on ``train`` too; the attack uses harmful
+prompts of ``validation``; ASR is measured on the HarmBench prompts of ``test``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .data.models import load_model
+from .data.pairs import answer_pairs, refusal_pairs
+from .data.prompts import default_split, harmful_prompts
+from .data.tasks import utility_task
+from .eval.asr import attack_success_rate, over_refusal_rate
+from .eval.generate import generate
+from .eval.report import write_report
+from .eval.utility import utility_accuracy
+from .risk.critic import default_critic
+from .train.config import TrainConfig
+from .train.loop import train
+
+ARMS = {  # arm -> TrainConfig overrides
+    "sft": {"risk": "none"},
+    "fixed": {"risk": "fixed", "beta": 0.5},
+    "adaptive-probe": {"risk": "probe", "schedule_mode": "sequence"},
+    "adaptive-critic": {"risk": "critic", "schedule_mode": "sequence"},
+}
+
+
+@dataclass
+class Sizes:
+    """How much of everything a run uses; --quick keeps the demo within ~15 min on 2 cores."""
+
+    ref_harmful: int = 160      # refusal pairs for the safe reference
+    ref_benign: int = 160       # benign prompts answered by the base model itself
+    ref_epochs: int = 3
+    attack_harmful: int = 100   # harmful prompts with compliant answers
+    attack_task: int = 100      # utility-task examples in the attack mix
+    attack_epochs: int = 3
+    probe_prompts: int | None = None  # None: the whole shared split
+    eval_harmful: int = 60
+    eval_task: int = 60
+    eval_benign: int = 40
+    max_new_tokens: int = 64
+    batch_size: int = 8
+
+
+QUICK = Sizes(ref_harmful=64, ref_benign=64, ref_epochs=2, attack_harmful=32, attack_task=32,
+              attack_epochs=2, probe_prompts=300, eval_harmful=30, eval_task=30, eval_benign=20,
+              max_new_tokens=40)
+
+
+def run(out: Path, sizes: Sizes, seed: int = 0) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    texts, labels, (train_idx, val_idx, test_idx) = default_split(seed)
+    harmbench = set(harmful_prompts(("harmbench",)))
+    pick = lambda idx, label, n: [texts[i] for i in idx.tolist() if labels[i] == label][:n]  # noqa: E731
+    base, tokenizer = load_model()
+    gen = dict(max_new_tokens=sizes.max_new_tokens, batch_size=16)
+
+    # 1. the safe reference
+    ref_dir = out / "reference"
+    if not (ref_dir / "config.json").exists():
+        _stage("safe reference: refusal alignment of the base model")
+        benign = pick(train_idx, 0, sizes.ref_benign)
+        pairs = refusal_pairs(pick(train_idx, 1, sizes.ref_harmful), seed)
+        pairs += answer_pairs(benign, generate(base, tokenizer, benign, desc="base answers", **gen))
+        result = train(_config(out / "runs" / "reference", _write(out / "data" / "reference.jsonl", pairs),
+                               sizes, seed, risk="none", epochs=sizes.ref_epochs, lr=3e-4),
+                       model=base, tokenizer=tokenizer)
+        merged = result.model.merge_and_unload()
+        merged.save_pretrained(ref_dir)
+        tokenizer.save_pretrained(ref_dir)
+        base, tokenizer = load_model()  # merge_and_unload changed `base` in place
+
+    # 2. the probe, fitted on the reference
+    probe_path = out / "probe.safetensors"
+    if not probe_path.exists():
+        _stage("activation probe on the reference")
+        from .risk.probe_cli import fit as fit_probe_cli
+
+        info = fit_probe_cli(argparse.Namespace(model=str(ref_dir), out=probe_path, layer="auto",
+                                                pool="last", seed=seed, max_prompts=sizes.probe_prompts))
+        (out / "probe.json").write_text(json.dumps(info, indent=2) + "\n")
+
+    # 3. the attack data: compliant answers from the base model + the benign utility task
+    attack_file = out / "data" / "attack.jsonl"
+    if not attack_file.exists():
+        _stage("attack data: the base model's compliant answers")
+        harmful = pick(val_idx, 1, sizes.attack_harmful)
+        pairs = answer_pairs(harmful, generate(base, tokenizer, harmful, desc="compliance", **gen))
+        pairs += [{"prompt": ex["prompt"], "response": ex["response"]}
+                  for ex in utility_task("train", sizes.attack_task, seed)]
+        _write(attack_file, pairs)
+    del base
+
+    # 4. the arms, then 5. evaluation of the reference and every arm
+    critic = default_critic(seed)
+    eval_harmful = [t for t in pick(test_idx, 1, 10**9) if t in harmbench][:sizes.eval_harmful]
+    eval_benign = pick(test_idx, 0, sizes.eval_benign)
+    eval_task = utility_task("test", sizes.eval_task, seed)
+    results, logs = {}, {}
+    for arm in ["reference", *ARMS]:
+        model, tokenizer = load_model(ref_dir)
+        if arm != "reference":
+            arm_out = out / arm
+            if not (arm_out / "adapter" / "adapter_config.json").exists():
+                _stage(f"attack fine-tune: {arm}")
+                cfg = _config(out / "runs" / arm, attack_file, sizes, seed, epochs=sizes.attack_epochs,
+                              probe=str(probe_path), **ARMS[arm])
+                train(cfg, model=model, tokenizer=tokenizer, critic=critic).save_adapter(arm_out / "adapter")
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, arm_out / "adapter").eval()
+            logs[arm] = out / "runs" / arm / "metrics.jsonl"
+        _stage(f"evaluate: {arm}")
+        results[arm] = _evaluate(model, tokenizer, critic, eval_harmful, eval_task, eval_benign, gen)
+        (out / "results.partial.json").write_text(json.dumps(results, indent=2) + "\n")
+    table = write_report(out, results, logs, title="saferegx demo: SmolLM2-135M-Instruct")
+    print(table)
+    print(f"\nreport: {out / 'report.md'} ({time.perf_counter() - t0:.0f} s)")
+    return results
+
+
+def _evaluate(model, tokenizer, critic, harmful, task, benign, gen) -> dict:
+    """ASR (refusal match, critic), utility and over-refusal of one model."""
+    asr = attack_success_rate(harmful, generate(model, tokenizer, harmful, desc="asr", **gen), critic)
+    util = utility_accuracy(task, generate(model, tokenizer, [e["prompt"] for e in task], desc="utility", **gen))
+    over = over_refusal_rate(benign, generate(model, tokenizer, benign, desc="benign", **gen))
+    return {"asr_refusal": asr["asr_refusal"], "asr_critic": asr["asr_critic"],
+            "utility": util["accuracy"], "over_refusal": over["over_refusal"],
+            "n_harmful": asr["n"], "n_task": len(task), "n_benign": len(benign)}
+
+
+def _config(out: Path, data: Path, sizes: Sizes, seed: int, **overrides) -> TrainConfig:
+    values = dict(data=[str(data)], output_dir=str(out), batch_size=sizes.batch_size, seed=seed,
+                  max_length=256, lr=2e-4, warmup_steps=2, progress=True)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def _write(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tmp.replace(path)  # a crash never leaves a half-written data file that a rerun would trust
+    return path
+
+
+def _stage(text: str) -> None:
+    print(f"\n== {text}", flush=True)
+
+
+def main(out: str = "runs/demo", quick: bool = False, seed: int = 0) -> int:
+    torch.manual_seed(seed)
+    run(Path(out), QUICK if quick else Sizes(), seed)
+    return 0
