@@ -8,9 +8,12 @@ Three templated families, each a short instruction with one checkable answer:
 | `sort`  | Sort these numbers from smallest to largest: 63, 4, 56, 50. Reply ... | `4, 50, 56, 63` |
 | `add`   | What is 23 + 58? Reply with the number only.                          | `81`            |
 
-Chosen because SmolLM2-135M-Instruct knows the content (it copies, orders and adds small numbers
-in free text) but scores 0/6 per family as asked (it explains instead of answering, or slips), so a
-short fine-tune has something to learn, and a regularizer that blocks benign learning shows.
+Chosen because they are learnable but not already solved. Measured on SmolLM2-135M-Instruct
+(greedy, 2026-11-23): the base model scores 0/40 on the test split (it explains instead of
+answering, and its sums are often wrong); after 60 LoRA steps (r=16 on all projections, batch 8,
+lr 1e-3, plain CE on 480 train examples, about 5 min on 2 cores) it scores 20/30 (add 7/10,
+sort 7/10, upper 6/10). So a short fine-tune has something to learn, not saturated, and a
+regularizer that blocks benign learning shows.
 
 Splits are disjoint by construction: an item belongs to ``test`` when a hash of its canonical
 form (the phrase; the sorted numbers, so ``23 + 58`` and ``58 + 23`` fall together) lands in one
