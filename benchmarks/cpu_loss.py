@@ -75,7 +75,7 @@ def chunk_rows(v: int, has_ref: bool = True) -> int:
     if env and int(env) > 0:
         return int(env)
     per_row = max(v, 1) * 4 * (2 if has_ref else 1)
-    return min(max((64 << 20) // per_row, 16), 1024)
+    return min(max((64 << 20) // per_row, 256), 1024)
 
 
 def rss_bytes() -> int:
