@@ -364,16 +364,22 @@ def main(argv=None) -> None:
     text = table(results, args.train_head)
     print("\n" + text + "\n\n" + NOTES)
     if args.write:
-        stamp = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-        new = not os.path.exists(RESULTS)
-        with open(RESULTS, "a") as f:
-            if new:
-                f.write("# Benchmark results\n\nAppended by `benchmarks/cpu_loss.py --write`.\n")
-            f.write(f"\n## {stamp}\n\nCommand: `{command}`\n\nMachine: {machine()}\n\n"
-                    f"KL: {args.kl}; ce/kl weight {args.ce_weight}/{args.kl_weight}; logit std "
-                    f"{args.logit_std}; median of {args.repeats} timed step(s) after 1 warmup.\n\n"
-                    f"{text}\n\n{NOTES}\n")
-        print(f"\nappended to {RESULTS}")
+        append_results("", command, machine(),
+                       f"KL: {args.kl}; ce/kl weight {args.ce_weight}/{args.kl_weight}; logit std "
+                       f"{args.logit_std}; median of {args.repeats} timed step(s) after 1 warmup.\n\n"
+                       f"{text}\n\n{NOTES}")
+
+
+def append_results(title: str, command: str, where: str, body: str) -> None:
+    """Append a dated section (title, command, machine, body) to RESULTS.md; shared by the scripts."""
+    stamp = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    new = not os.path.exists(RESULTS)
+    with open(RESULTS, "a") as f:
+        if new:
+            f.write("# Benchmark results\n")
+        heading = f"{title}, {stamp}" if title else stamp
+        f.write(f"\n## {heading}\n\nCommand: `{command}`\n\nMachine: {where}\n\n{body}\n")
+    print(f"\nappended to {RESULTS}")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import os
 import shlex
 import statistics
@@ -31,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch  # noqa: E402
 
 import saferegx  # noqa: E402
-from cpu_loss import RESULTS, machine  # noqa: E402
+from cpu_loss import RESULTS, append_results, machine  # noqa: E402
 from saferegx.data import load_model  # noqa: E402
 from saferegx.risk.probe import decoder_layers  # noqa: E402
 
@@ -156,14 +155,7 @@ def main(argv=None):
              f"beta = 0.1 + 0.8 risk (the same risk values in both variants); {args.repeats} timed steps per variant after {args.warmup} warmup, ABBA order.")
     print(f"\n{setup}\n\n{text}")
     if args.write:
-        stamp = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-        new = not os.path.exists(RESULTS)
-        with open(RESULTS, "a") as f:
-            if new:
-                f.write("# Benchmark results\n")
-            f.write(f"\n## Probe read overhead, {stamp}\n\nCommand: `{command}`\n\n"
-                    f"Machine: {where}\n\n{setup}\n\n{text}\n")
-        print(f"\nappended to {RESULTS}")
+        append_results("Probe read overhead", command, where, f"{setup}\n\n{text}")
 
 
 if __name__ == "__main__":

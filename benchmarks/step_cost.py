@@ -11,7 +11,6 @@ change the cost. Target (issue 4): an adaptive step <= 1.3x a plain one.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import shlex
@@ -26,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
 
-from cpu_loss import RESULTS, machine  # noqa: E402
+from cpu_loss import RESULTS, append_results, machine  # noqa: E402
 from saferegx.data import load_model, model_name  # noqa: E402
 from saferegx.data.pairs import refusal_pairs  # noqa: E402
 from saferegx.data.prompts import harmful_prompts  # noqa: E402
@@ -77,15 +76,11 @@ def main() -> None:
              f"- adaptive / plain: **{adaptive / plain:.2f}x** (target <= 1.3x)\n")
     print(table)
     if args.write:
-        cmd = "python benchmarks/step_cost.py " + shlex.join(sys.argv[1:])
-        with open(RESULTS, "a") as f:
-            f.write(f"\n## Adaptive vs plain training step, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC\n\n"
-                    f"Command: `{cmd}`\n\nMachine: {machine()}\n\n"
-                    f"SmolLM2-135M-Instruct fp32, LoRA r=16 on all projections, batch {args.batch}, "
-                    f"{args.steps} steps per run (utility-task and HarmBench-refusal pairs, max_length 256), "
-                    "model loading excluded, runs alternated.\n\n" + table)
-        print(f"appended to {RESULTS}")
-
+        append_results("Adaptive vs plain training step", "python benchmarks/step_cost.py " + shlex.join(sys.argv[1:]),
+                       machine(),
+                       f"SmolLM2-135M-Instruct fp32, LoRA r=16 on all projections, batch {args.batch}, "
+                       f"{args.steps} steps per run (utility-task and HarmBench-refusal pairs, max_length 256), "
+                       "model loading excluded, runs alternated.\n\n" + table)
 
 if __name__ == "__main__":
     main()
