@@ -6,6 +6,7 @@ prompt), read from the frozen reference forward. The result is fp32 and carries 
 """
 import torch
 
+from ..risk.probe import probe_risk_reference
 from . import library
 
 
@@ -41,12 +42,6 @@ def _triton_op():
     except ImportError:
         return None
     return probe_risk_triton
-
-
-def probe_risk_reference(acts, positions, weight, bias) -> torch.Tensor:
-    """Plain PyTorch: gather, dot, sigmoid (the oracle)."""
-    rows = acts[torch.arange(acts.shape[0], device=acts.device), positions.long()]
-    return torch.sigmoid(rows.double() @ weight.double() + bias.double().reshape(())).float()
 
 
 def _check(acts, positions, weight, bias, backend) -> torch.Tensor:
