@@ -48,12 +48,17 @@ def test_matches_reference_and_invariants(backend, p):
     got, want = run(fused(backend), p), oracle(p)
     # relative to the largest value, plus an absolute floor: a KL of 1e-5 is a difference of two
     # log-sum-exps of order 1, so in fp32 it carries ~1e-7 absolute error whatever its size
+    # log-sum-exps of order 1, so in fp32 it carries ~1e-7 absolute error whatever its size. Logits
+    # near 100 (scale 30 on few dims) cost any fp32 implementation ~1e-5 on near-one-hot gradients,
+    # so the bar is also never below 3x the unfused fp32 PyTorch's own error on the same inputs.
     rtol, atol = (1e-10, 1e-12) if p.hidden.dtype == torch.float64 else (2e-5, 1e-6)
-    for name, g, w in zip(("loss", "ce", "kl", "dh", "dW"), got, want):
+    unfused = run(saferegx.safety_loss_reference, p)
+    for name, g, u, w in zip(("loss", "ce", "kl", "dh", "dW"), got, unfused, want):
         assert torch.isfinite(g).all(), name
         if w.numel():
             err = (g.double() - w).abs().max().item()
-            assert err <= rtol * w.abs().max().item() + atol, f"{name}: {rel_err(g, w):.2e} ({err:.1e})"
+            bar = max(rtol * w.abs().max().item() + atol, 3 * (u.double() - w).abs().max().item())
+            assert err <= bar, f"{name}: {rel_err(g, w):.2e} ({err:.1e} > {bar:.1e})"
     assert (got[2] >= -1e-6).all()  # KL >= 0 (up to rounding)
     ignored = p.labels == -100
     assert (got[1][ignored] == 0).all() and (got[2][ignored] == 0).all()
