@@ -100,13 +100,16 @@ static inline __attribute__((always_inline)) void row_grad_ce_t(T* z, int64_t n,
   for (int64_t i = 0; i < n; ++i) z[i] = ca * fast_exp((z[i] - mz) - lsz);
 }
 
-// forward KL(q || p): z <- (ca + cb) p - cb q
+// forward KL(q || p): z <- ca p + cb (p - q); not (ca + cb) p - cb q, whose rounding leaves
+// ~eps * ca residue where p = q (e.g. a one-token vocabulary, whose gradient is exactly 0)
 template <typename T>
 static inline __attribute__((always_inline)) void row_grad_forward_t(T* z, const T* r, int64_t n, T mz, T lsz, T mr, T lsr, T ca,
                                                              T cb) {
-  const T cp = ca + cb;
 #pragma omp simd
-  for (int64_t i = 0; i < n; ++i) z[i] = cp * fast_exp((z[i] - mz) - lsz) - cb * fast_exp((r[i] - mr) - lsr);
+  for (int64_t i = 0; i < n; ++i) {
+    const T pi = fast_exp((z[i] - mz) - lsz);
+    z[i] = ca * pi + cb * (pi - fast_exp((r[i] - mr) - lsr));
+  }
 }
 
 // reverse KL(p || q): z <- p (ca + cb (log p - log q - KL))
