@@ -52,6 +52,7 @@ class TrainConfig:
     alpha: str = "clamp"                 # clamp | complement | one
     kl: str = "forward"                  # forward (paper's code) | reverse
     backend: str = "auto"                # fused-op backend
+    reference_cache_mb: float = 2048.0   # reuse reference hidden states/risk after epoch 1; 0 = off
     # machinery
     device: str = "auto"                 # auto | cpu | cuda[:N]
     bf16: bool = False                   # bf16 autocast for the transformer (the loss stays fp32)
@@ -152,7 +153,7 @@ def _check_values(cfg: TrainConfig) -> None:
     for key in ("warmup_steps", "checkpoint_every", "seed"):
         need(getattr(cfg, key) >= 0, key, "must be >= 0")
     need(cfg.lr > 0, "lr", "must be > 0")
-    for key in ("weight_decay", "max_grad_norm", "lora_alpha"):
+    for key in ("weight_decay", "max_grad_norm", "lora_alpha", "reference_cache_mb"):
         need(getattr(cfg, key) >= 0, key, "must be >= 0")
     need(0.0 <= cfg.lora_dropout < 1.0, "lora_dropout", "must be in [0, 1)")
     need(0.0 <= cfg.momentum < 1.0, "momentum", "must be in [0, 1)")

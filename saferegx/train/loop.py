@@ -29,6 +29,7 @@ from .batches import IGNORE_INDEX, DataOrder, collate, load_examples
 from .config import TrainConfig
 from .metrics import MetricsLog
 from .model import final_hidden, lm_head, prepare, reference_pass
+from .reference_cache import ReferenceCache
 from .signals import RiskSource
 
 
@@ -111,24 +112,31 @@ def train(cfg: TrainConfig, *, model=None, tokenizer=None, critic: SafetyCritic 
     save = partial(checkpoint.save, ckpt_root, model=model, optimizer=optimizer, scheduler=scheduler,
                    order=order, schedule=schedule, config=cfg.to_dict(), keep=cfg.keep_checkpoints)
     last_good = resume_from
+    cache = ReferenceCache(cfg.reference_cache_mb)
 
     bar = tqdm(total=total_steps, initial=step, disable=not cfg.progress, desc="train")
     try:
         while step < total_steps:
             t0 = time.perf_counter()
-            micro = [collate(tokenizer, [examples[i] for i in order.next()], cfg.max_length).to(device)
-                     for _ in range(cfg.grad_accum)]
+            micro_ids = [order.next() for _ in range(cfg.grad_accum)]
+            micro = [collate(tokenizer, [examples[i] for i in ids], cfg.max_length).to(device)
+                     for ids in micro_ids]
             n_tokens = sum(b.n_tokens for b in micro)  # the global normalizer of this step
 
-            # 1. reference pass and risk, for the whole optimizer batch
+            # 1. reference pass and risk, for the whole optimizer batch (stored after epoch 1)
             refs, risks = [], []
-            for batch in micro:
-                ref_hidden, taps = None, {}
-                if source.needs_reference:
-                    with autocast():
-                        ref_hidden, taps = reference_pass(model, reference, batch, source.layers)
-                refs.append(ref_hidden)
-                risks.append(source.risk(batch, taps))
+            for ids, batch in zip(micro_ids, micro):
+                cached = cache.lookup(ids)
+                if cached is None:
+                    ref_hidden, taps = None, {}
+                    if source.needs_reference:
+                        with autocast():
+                            ref_hidden, taps = reference_pass(model, reference, batch, source.layers)
+                    rows = batch.labels != IGNORE_INDEX
+                    cached = (None if ref_hidden is None else ref_hidden[rows], source.risk(batch, taps))
+                    cache.store(ids, rows, ref_hidden, cached[1])
+                refs.append(cached[0])
+                risks.append(cached[1])
             risk = None if risks[0] is None else torch.cat(risks)
             sizes = [b.input_ids.shape[0] for b in micro]
             alpha, beta = source.weights(risk, sum(sizes), schedule, device)
@@ -136,14 +144,14 @@ def train(cfg: TrainConfig, *, model=None, tokenizer=None, critic: SafetyCritic 
             # 2. policy forward, fused loss over response tokens, backward
             optimizer.zero_grad(set_to_none=True)
             sums = torch.zeros(3, dtype=torch.float64)
-            for k, (batch, ref_hidden) in enumerate(zip(micro, refs)):
+            for k, (batch, ref_rows) in enumerate(zip(micro, refs)):
                 with autocast():
                     hidden = final_hidden(model, batch)
                 rows = batch.labels != IGNORE_INDEX
                 seq = rows.nonzero()[:, 0] + sum(sizes[:k])  # row -> sequence of the step
                 res = safety_loss(
                     hidden[rows].to(head.dtype), head, batch.labels[rows],
-                    None if ref_hidden is None else ref_hidden[rows].to(head.dtype),
+                    None if ref_rows is None else ref_rows.to(head.dtype),
                     ce_weight=None if alpha is None else alpha[seq],
                     kl_weight=None if beta is None else beta[seq],
                     ref_weight=ref_head, kl=cfg.kl, reduction="sum", backend=cfg.backend)
