@@ -178,7 +178,8 @@ def train(cfg: TrainConfig, *, model=None, tokenizer=None, critic: SafetyCritic 
                        "risk": float("nan") if risk is None else risk.mean().item(),
                        "beta": float("nan") if beta is None else beta.mean().item(), "lr": lr,
                        "tokens": n_tokens,
-                       "tokens_per_s": sum(int(b.attention_mask.sum()) for b in micro) / seconds})
+                       "tokens_per_s": sum(int(b.attention_mask.sum()) for b in micro) / seconds,
+                       "seconds": seconds})
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}", kl=f"{kl:.4f}")
             if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == total_steps:
