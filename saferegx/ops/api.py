@@ -4,7 +4,7 @@ from typing import NamedTuple
 
 import torch
 
-from . import library
+from . import autotune, library
 from .reference import safety_loss_reference
 
 BACKENDS = ("auto", "reference", "cpu", "triton", "cuda")
@@ -43,20 +43,57 @@ def safety_loss(
     """
     _check(hidden, weight, labels, ref_hidden, ce_weight, kl_weight, ref_weight, kl, ignore_index,
            reduction, backend)
-    name = _choose_backend(backend, hidden)
     consts = [None if t is None else t.detach() for t in (ref_hidden, ce_weight, kl_weight)]
     ref_head = None if ref_weight is None or ref_weight is weight else ref_weight.detach()
+    args = (labels, *consts, ref_head, kl, ignore_index, reduction)
+    name = _choose_backend(backend, hidden,
+                           tune=lambda candidates: _tune(candidates, hidden, weight, args))
+    return _compute(name, hidden, weight, *args)
+
+
+def _compute(name, hidden, weight, labels, ref_hidden, ce_weight, kl_weight, ref_head, kl,
+             ignore_index, reduction) -> SafetyLoss:
+    """The op on checked arguments with `name` a concrete backend; constants already detached."""
     if name == "reference":
         return SafetyLoss(*safety_loss_reference(
-            hidden, weight, labels, consts[0], ce_weight=consts[1], kl_weight=consts[2],
+            hidden, weight, labels, ref_hidden, ce_weight=ce_weight, kl_weight=kl_weight,
             ref_weight=ref_head, kl=kl, ignore_index=ignore_index, reduction=reduction))
     scalar = reduction != "none"
     grad_on = torch.is_grad_enabled()
     out = _fused_op(name)(
-        hidden, weight, labels, consts[0], ref_head, consts[1], consts[2], library.KL_MODES[kl],
+        hidden, weight, labels, ref_hidden, ref_head, ce_weight, kl_weight, library.KL_MODES[kl],
         ignore_index, library.REDUCTIONS[reduction], scalar and grad_on and hidden.requires_grad,
         scalar and grad_on and weight.requires_grad)
     return SafetyLoss(out[0], out[1], out[2])
+
+
+def _tune(candidates: list[str], hidden: torch.Tensor, weight: torch.Tensor, args: tuple) -> str:
+    """auto's measured pick among `candidates` for this call's problem key (see autotune)."""
+    _labels, ref_hidden, _ce_weight, _kl_weight, ref_head, kl, _ignore_index, reduction = args
+    grads = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+    key = autotune.make_key(hidden, weight, separate_ref_head=ref_head is not None,
+                            kl=None if ref_hidden is None else kl, grads=grads,
+                            reduction=reduction)
+    return autotune.pick(candidates, _timing_run(hidden, weight, args, grads), key,
+                         device=hidden.device)
+
+
+def _timing_run(hidden: torch.Tensor, weight: torch.Tensor, args: tuple, grads: bool):
+    """run_fn for autotune.pick: one step of backend `name` on this call's inputs, detached.
+
+    With `grads`, forward plus backward (autograd.grad on detached leaves: the caller's graph
+    is neither run nor extended and no .grad is written); otherwise the forward alone.
+    """
+    def run(name: str) -> None:
+        h, w = hidden.detach(), weight.detach()
+        wrt = []
+        if grads:
+            wrt = [t.requires_grad_() for t, src in ((h, hidden), (w, weight)) if src.requires_grad]
+        out = _compute(name, h, w, *args)
+        if wrt:
+            torch.autograd.grad(out.loss.sum(), wrt)
+
+    return run
 
 
 def available_backends(device: torch.device | str = "cpu") -> list[str]:
@@ -73,12 +110,25 @@ def available_backends(device: torch.device | str = "cpu") -> list[str]:
     return names
 
 
-def _choose_backend(backend: str, hidden: torch.Tensor) -> str:
+def _choose_backend(backend: str, hidden: torch.Tensor, tune=None) -> str:
+    """The concrete backend for `backend`. auto: SAFEREGX_AUTO_BACKEND if set; `cpu` on CPU; on
+    CUDA the measured fastest of `triton`/`cuda` via `tune(candidates)` (autotune.pick), or
+    `triton` where nothing can be measured (torch.compile tracing, fake tensors)."""
     device = hidden.device
     if backend == "auto":
-        if device.type == "cpu":
-            return "cpu" if library.CPP_AVAILABLE else "reference"
-        return "triton" if _triton_ok(device) else "reference"
+        forced = autotune.forced()
+        if forced is None:
+            if device.type == "cpu":
+                return "cpu" if library.CPP_AVAILABLE else "reference"
+            if tune is None or not autotune.can_measure(hidden):
+                return "triton" if _triton_ok(device) else "reference"
+            candidates = [n for n in available_backends(device) if n in autotune.FUSED_GPU]
+            if len(candidates) <= 1:
+                return candidates[0] if candidates else "reference"
+            return tune(candidates)
+        if forced not in BACKENDS or forced == "auto":
+            raise ValueError(f"{autotune.ENV} must be one of {BACKENDS[1:]}, got {forced!r}")
+        backend = forced
     if backend == "cpu":
         if device.type != "cpu":
             raise ValueError(f"backend='cpu' needs CPU tensors; hidden is on {device}")
