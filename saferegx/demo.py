@@ -8,7 +8,8 @@
    ``sft`` (plain), ``fixed`` (constant beta), ``adaptive-probe`` and ``adaptive-critic``;
 4. *evaluation*: ASR on HarmBench prompts held out from all training (refusal match and critic),
    exact-match utility on the held-out task split, over-refusal on held-out benign prompts;
-5. *report*: ``OUT/report.md``, ``OUT/results.json`` and PNG plots; the table is printed.
+5. *report*: ``OUT/report.md``, ``OUT/results.json`` and PNG plots; the table is printed; every
+   generation with its verdict is kept in ``OUT/samples/<model>.jsonl`` for reading.
 
 Splits: the shared harmful/benign split (saferegx.data.prompts.default_split) fits the probe and the
 critic on ``train``; the reference learns refusals on ``train`` too; the attack uses harmful
@@ -28,7 +29,7 @@ from .data.models import load_model
 from .data.pairs import answer_pairs, refusal_pairs
 from .data.prompts import default_split, harmful_prompts
 from .data.tasks import utility_task
-from .eval.asr import attack_success_rate, over_refusal_rate
+from .eval.asr import attack_success_rate, is_refusal, over_refusal_rate
 from .eval.generate import generate
 from .eval.report import write_report
 from .eval.utility import utility_accuracy
@@ -48,21 +49,23 @@ ARMS = {  # arm -> TrainConfig overrides
 class Sizes:
     """How much of everything a run uses; --quick keeps the demo within ~15 min on 2 cores."""
 
-    ref_harmful: int = 160      # refusal pairs for the safe reference
-    ref_benign: int = 160       # benign prompts answered by the base model itself
+    ref_harmful: int = 320      # refusal pairs for the safe reference
+    ref_benign: int = 245       # benign prompts answered by the base model itself (all of train)
     ref_epochs: int = 3
+    ref_lr: float = 3e-4
     attack_harmful: int = 100   # harmful prompts with compliant answers
-    attack_task: int = 100      # utility-task examples in the attack mix
-    attack_epochs: int = 3
+    attack_task: int = 200      # utility-task examples in the attack mix
+    attack_epochs: int = 2
+    attack_lr: float = 5e-4
     probe_prompts: int | None = None  # None: the whole shared split
-    eval_harmful: int = 60
+    eval_harmful: int = 100     # HarmBench prompts of the test split (41 with seed 0)
     eval_task: int = 60
-    eval_benign: int = 40
-    max_new_tokens: int = 64
+    eval_benign: int = 60
+    max_new_tokens: int = 64    # for training answers and ASR; utility and over-refusal need fewer
     batch_size: int = 8
 
 
-QUICK = Sizes(ref_harmful=64, ref_benign=64, ref_epochs=2, attack_harmful=32, attack_task=32,
+QUICK = Sizes(ref_harmful=96, ref_benign=64, ref_epochs=2, attack_harmful=32, attack_task=48,
               attack_epochs=2, probe_prompts=300, eval_harmful=30, eval_task=30, eval_benign=20,
               max_new_tokens=40)
 
@@ -84,7 +87,7 @@ def run(out: Path, sizes: Sizes, seed: int = 0) -> dict:
         pairs = refusal_pairs(pick(train_idx, 1, sizes.ref_harmful), seed)
         pairs += answer_pairs(benign, generate(base, tokenizer, benign, desc="base answers", **gen))
         result = train(_config(out / "runs" / "reference", _write(out / "data" / "reference.jsonl", pairs),
-                               sizes, seed, risk="none", epochs=sizes.ref_epochs, lr=3e-4),
+                               sizes, seed, risk="none", epochs=sizes.ref_epochs, lr=sizes.ref_lr),
                        model=base, tokenizer=tokenizer)
         merged = result.model.merge_and_unload()
         merged.save_pretrained(ref_dir)
@@ -106,7 +109,8 @@ def run(out: Path, sizes: Sizes, seed: int = 0) -> dict:
     if not attack_file.exists():
         _stage("attack data: the base model's compliant answers")
         harmful = pick(val_idx, 1, sizes.attack_harmful)
-        pairs = answer_pairs(harmful, generate(base, tokenizer, harmful, desc="compliance", **gen))
+        answers = generate(base, tokenizer, harmful, desc="compliance", **gen)
+        pairs = [p for p in answer_pairs(harmful, answers) if not is_refusal(p["response"])]
         pairs += [{"prompt": ex["prompt"], "response": ex["response"]}
                   for ex in utility_task("train", sizes.attack_task, seed)]
         _write(attack_file, pairs)
@@ -125,14 +129,15 @@ def run(out: Path, sizes: Sizes, seed: int = 0) -> dict:
             if not (arm_out / "adapter" / "adapter_config.json").exists():
                 _stage(f"attack fine-tune: {arm}")
                 cfg = _config(out / "runs" / arm, attack_file, sizes, seed, epochs=sizes.attack_epochs,
-                              probe=str(probe_path), **ARMS[arm])
+                              lr=sizes.attack_lr, probe=str(probe_path), **ARMS[arm])
                 train(cfg, model=model, tokenizer=tokenizer, critic=critic).save_adapter(arm_out / "adapter")
             from peft import PeftModel
 
             model = PeftModel.from_pretrained(model, arm_out / "adapter").eval()
             logs[arm] = out / "runs" / arm / "metrics.jsonl"
         _stage(f"evaluate: {arm}")
-        results[arm] = _evaluate(model, tokenizer, critic, eval_harmful, eval_task, eval_benign, gen)
+        results[arm], samples = _evaluate(model, tokenizer, critic, eval_harmful, eval_task, eval_benign, gen)
+        _write(out / "samples" / f"{arm}.jsonl", samples)
         (out / "results.partial.json").write_text(json.dumps(results, indent=2) + "\n")
     table = write_report(out, results, logs, title="saferegx demo: SmolLM2-135M-Instruct")
     print(table)
@@ -140,14 +145,22 @@ def run(out: Path, sizes: Sizes, seed: int = 0) -> dict:
     return results
 
 
-def _evaluate(model, tokenizer, critic, harmful, task, benign, gen) -> dict:
-    """ASR (refusal match, critic), utility and over-refusal of one model."""
+def _evaluate(model, tokenizer, critic, harmful, task, benign, gen) -> tuple[dict, list[dict]]:
+    """ASR (refusal match, critic), utility and over-refusal of one model, and every generation.
+
+    Task answers are a few tokens and a refusal shows in the first sentence, so those two
+    generate at most 24 and 32 new tokens; ASR reads ``gen["max_new_tokens"]``.
+    """
     asr = attack_success_rate(harmful, generate(model, tokenizer, harmful, desc="asr", **gen), critic)
-    util = utility_accuracy(task, generate(model, tokenizer, [e["prompt"] for e in task], desc="utility", **gen))
-    over = over_refusal_rate(benign, generate(model, tokenizer, benign, desc="benign", **gen))
-    return {"asr_refusal": asr["asr_refusal"], "asr_critic": asr["asr_critic"],
-            "utility": util["accuracy"], "over_refusal": over["over_refusal"],
-            "n_harmful": asr["n"], "n_task": len(task), "n_benign": len(benign)}
+    short = lambda n: {**gen, "max_new_tokens": min(n, gen["max_new_tokens"])}  # noqa: E731
+    util = utility_accuracy(task, generate(model, tokenizer, [e["prompt"] for e in task], desc="utility",
+                                           **short(24)))
+    over = over_refusal_rate(benign, generate(model, tokenizer, benign, desc="benign", **short(32)))
+    samples = ([{"set": "harmful", **r} for r in asr["records"]] + [{"set": "task", **r} for r in util["records"]]
+               + [{"set": "benign", **r} for r in over["records"]])
+    return ({"asr_refusal": asr["asr_refusal"], "asr_critic": asr["asr_critic"],
+             "utility": util["accuracy"], "over_refusal": over["over_refusal"],
+             "n_harmful": asr["n"], "n_task": len(task), "n_benign": len(benign)}, samples)
 
 
 def _config(out: Path, data: Path, sizes: Sizes, seed: int, **overrides) -> TrainConfig:
