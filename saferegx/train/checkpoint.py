@@ -56,13 +56,21 @@ def save(root: Path, step: int, *, model, optimizer, scheduler, order, schedule,
                    tmp / "state.pt")
         (tmp / "meta.json").write_text(json.dumps({"step": step, "config": config}, indent=1))
         if target.exists():  # a re-run of the same step: replace it
-            shutil.rmtree(target)
+            _discard(target)
         os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     for old in complete(root)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        _discard(old)
     return target
+
+
+def _discard(path: Path) -> None:
+    """Delete a checkpoint so that a crash midway cannot leave a half-deleted ``step-*`` folder:
+    first rename it (atomically) to a temporary name, which ``latest`` skips, then delete that."""
+    trash = path.with_name(f".tmp-{path.name}-del-{os.urandom(4).hex()}")
+    os.replace(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def complete(root: Path) -> list[Path]:
