@@ -25,6 +25,8 @@ def load_examples(paths: str | Path | Sequence[str | Path]) -> list[dict]:
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     examples = []
     for path in paths:
+        if not Path(path).is_file():
+            raise ValueError(f"data file {path} does not exist (config key 'data')")
         with open(path, encoding="utf-8") as f:
             for n, line in enumerate(f, 1):
                 if not line.strip():

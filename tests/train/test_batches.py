@@ -72,3 +72,12 @@ def test_bad_examples_name_file_and_line(tmp_path, line, message):
     with pytest.raises(ValueError, match=message) as err:
         load_examples(path)
     assert f"{path}:2" in str(err.value)
+
+
+def test_missing_and_empty_data_files_are_named(tmp_path):
+    with pytest.raises(ValueError, match=f"data file {tmp_path / 'nope.jsonl'} does not exist"):
+        load_examples(tmp_path / "nope.jsonl")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n  \n")
+    with pytest.raises(ValueError, match=f"no examples in {empty}"):
+        load_examples(empty)
