@@ -47,9 +47,13 @@ def _train(args) -> int:
     except NonFiniteLossError as e:
         print(f"saferegx train: {e}", file=sys.stderr)
         return 1
+    from .train import distributed
+
     target = result.save_adapter(result.output_dir / "final")
     last = result.history[-1] if result.history else {}
-    print(f"trained {len(result.history)} steps (loss {last.get('loss')}); saved {target}")
+    if distributed.is_main():
+        print(f"trained {len(result.history)} steps (loss {last.get('loss')}); saved {target}")
+    distributed.shutdown()  # the process group train() joined under torchrun / accelerate launch
     return 0
 
 

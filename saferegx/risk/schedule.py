@@ -45,10 +45,12 @@ class RiskSchedule:
             raise ValueError(f"need 0 <= beta_min <= beta_max, got {self.beta_min}, {self.beta_max}")
         self.ema: torch.Tensor | None = None  # smoothed batch risk, a 0-dim tensor
 
-    def __call__(self, risk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, risk: torch.Tensor, mean=torch.mean) -> tuple[torch.Tensor, torch.Tensor]:
+        """``mean``: the batch mode's average of ``risk``; a batch split over processes passes the
+        mean over all of them (``saferegx.train.distributed.mean``)."""
         risk = risk.detach().float().clamp(0.0, 1.0)  # the model must not learn to fool its monitor
         if self.mode == "batch":
-            s = self.update(risk.mean()).expand_as(risk)
+            s = self.update(mean(risk)).expand_as(risk)
         else:
             s = risk
         beta = self.beta_min + (self.beta_max - self.beta_min) * s

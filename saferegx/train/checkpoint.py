@@ -19,10 +19,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from . import distributed
+
 _NAME = re.compile(r"^step-(\d+)$")
 # Keys that may change between a run and its resume without changing the result.
 RESUMABLE_CHANGES = {"resume", "checkpoint_every", "keep_checkpoints", "tensorboard", "log_dir",
-                     "progress", "device"}
+                     "progress", "device", "distributed"}  # a checkpoint holds full tensors in any mode
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -45,13 +47,18 @@ def set_rng_state(state: dict) -> None:
 
 def save(root: Path, step: int, *, model, optimizer, scheduler, order, schedule, config: dict,
          keep: int) -> Path:
-    """Write checkpoint ``step`` under ``root`` atomically; keep the newest ``keep``."""
-    root.mkdir(parents=True, exist_ok=True)
+    """Write checkpoint ``step`` under ``root`` atomically; keep the newest ``keep``. Under DDP/FSDP
+    every process calls it (FSDP gathers its shards) and the main process writes."""
+    weights, optimizer_state = distributed.full_weights(model), distributed.full_optimizer_state(optimizer)
     target = root / f"step-{step:06d}"
+    if not distributed.is_main():
+        distributed.barrier()  # until the main process has written it
+        return target
+    root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".tmp-{target.name}-"))
     try:
-        save_file({k: v.cpu() for k, v in trainable_state(model).items()}, str(tmp / "model.safetensors"))
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        save_file({k: v.cpu() for k, v in weights.items()}, str(tmp / "model.safetensors"))
+        torch.save({"optimizer": optimizer_state, "scheduler": scheduler.state_dict(),
                     "rng": rng_state(), "data": order.state_dict(), "schedule": schedule.state_dict()},
                    tmp / "state.pt")
         (tmp / "meta.json").write_text(json.dumps({"step": step, "config": config}, indent=1))
@@ -62,6 +69,7 @@ def save(root: Path, step: int, *, model, optimizer, scheduler, order, schedule,
         shutil.rmtree(tmp, ignore_errors=True)
     for old in complete(root)[:-keep]:
         _discard(old)
+    distributed.barrier()
     return target
 
 
@@ -100,9 +108,8 @@ def load(path: Path, *, model, optimizer, scheduler, order, schedule, config: di
         missing, extra = sorted(expected - set(weights)), sorted(set(weights) - expected)
         raise ValueError(f"{path}: trainable parameters differ from the model's "
                          f"(missing {missing[:3]}, unexpected {extra[:3]})")
-    model.load_state_dict(weights, strict=False)
     state = torch.load(path / "state.pt", weights_only=True)
-    optimizer.load_state_dict(state["optimizer"])
+    distributed.load_state(model, optimizer, weights, state["optimizer"])  # FSDP: keeps its shards
     scheduler.load_state_dict(state["scheduler"])
     order.load_state_dict(state["data"])
     schedule.load_state_dict(state["schedule"])

@@ -54,7 +54,8 @@ class TrainConfig:
     backend: str = "auto"                # fused-op backend
     reference_cache_mb: float = 2048.0   # reuse reference hidden states/risk after epoch 1; 0 = off
     # machinery
-    device: str = "auto"                 # auto | cpu | cuda[:N]
+    device: str = "auto"                 # auto | cpu | cuda[:N] (launched: cuda = cuda:LOCAL_RANK)
+    distributed: str = "auto"            # auto (ddp when launched with >1 process) | ddp | fsdp | none
     bf16: bool = False                   # bf16 autocast for the transformer (the loss stays fp32)
     checkpoint_every: int = 0            # optimizer steps; 0 = only at the end
     keep_checkpoints: int = 2
@@ -143,7 +144,8 @@ def _check_values(cfg: TrainConfig) -> None:
     need(len(cfg.data) > 0, "data", "must name at least one JSONL file")
     choices = {"finetune": ("lora", "full"), "risk": RISK_SOURCES, "schedule_mode": ("batch", "sequence"),
                "alpha": ("clamp", "complement", "one"), "kl": ("forward", "reverse"),
-               "backend": ("auto", "reference", "cpu", "triton", "cuda")}
+               "backend": ("auto", "reference", "cpu", "triton", "cuda"),
+               "distributed": ("auto", "ddp", "fsdp", "none")}
     for key, allowed in choices.items():
         need(getattr(cfg, key) in allowed, key, f"must be one of {', '.join(allowed)}")
     for key in ("lora_r", "epochs", "batch_size", "grad_accum", "keep_checkpoints"):

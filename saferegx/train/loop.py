@@ -7,6 +7,11 @@ however it is split. Then each micro-batch runs the policy to its final hidden s
 op adds ``alpha * CE + beta * KL(ref || policy)`` over its response tokens (``reduction="sum"``),
 divided by the response-token count of the *whole* step: unequal micro-batches then give exactly
 the gradient of one big batch.
+
+Under ``torchrun`` / ``accelerate launch`` each process takes its share of every micro-batch; the
+token count, the batch-mode risk and the logged sums are all-reduced, and the loss is scaled by the
+number of processes (DDP and FSDP average gradients), so the step is that of one process on the
+same global batch. Only the main process writes logs and checkpoints (see distributed.py).
 """
 from __future__ import annotations
 
@@ -24,11 +29,11 @@ from .. import safety_loss
 from ..risk.critic import EmbeddingCritic, SafetyCritic, default_critic
 from ..risk.probe import Probe
 from ..risk.schedule import RiskSchedule
-from . import checkpoint
+from . import checkpoint, distributed
 from .batches import IGNORE_INDEX, DataOrder, collate, load_examples
 from .config import TrainConfig
 from .metrics import MetricsLog
-from .model import final_hidden, lm_head, prepare, reference_pass
+from .model import lm_head, prepare, reference_pass
 from .reference_cache import ReferenceCache
 from .signals import RiskSource
 
@@ -45,10 +50,14 @@ class TrainResult:
     output_dir: Path
 
     def save_adapter(self, out_dir: str | Path) -> Path:
-        """``save_pretrained`` of the trained model: the LoRA adapter, or the full model."""
-        self.model.save_pretrained(str(out_dir))
-        if not hasattr(self.model, "peft_config"):
-            self.tokenizer.save_pretrained(str(out_dir))
+        """``save_pretrained`` of the trained model: the LoRA adapter, or the full model. Under
+        DDP/FSDP every process calls it (FSDP gathers the shards); the main process writes."""
+        weights = distributed.full_weights(self.model) if distributed.sharded(self.model) else None
+        if distributed.is_main():
+            self.model.save_pretrained(str(out_dir), state_dict=weights)
+            if not hasattr(self.model, "peft_config"):
+                self.tokenizer.save_pretrained(str(out_dir))
+        distributed.barrier()
         return Path(out_dir)
 
 
@@ -65,7 +74,8 @@ def train(cfg: TrainConfig, *, model=None, tokenizer=None, critic: SafetyCritic 
     SmolLM2); ``critic`` to ``cfg.critic`` (None: the embedded MiniLM critic)."""
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
-    device = _device(cfg)
+    device = distributed.local_device(_device(cfg))
+    mode = distributed.setup(cfg, device)  # joins the launcher's process group; "none" in one process
     out = Path(cfg.output_dir)
     ckpt_root = out / "checkpoints"
     resume_from = checkpoint.latest(ckpt_root) if cfg.resume else None
@@ -93,10 +103,10 @@ def train(cfg: TrainConfig, *, model=None, tokenizer=None, critic: SafetyCritic 
     model.to(device).train()
     if reference is not None:
         reference.to(device)
-    head = lm_head(model).weight                       # shared by policy and LoRA reference
+    policy = distributed.wrap(model, cfg, device)  # (hidden, head) in one call, under DDP/FSDP if launched
     ref_head = None if reference is None else lm_head(reference).weight
     schedule = RiskSchedule(cfg.beta_min, cfg.beta_max, cfg.schedule_mode, cfg.momentum, cfg.alpha)
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = [p for p in model.parameters() if p.requires_grad]  # after wrap: FSDP swaps in shards
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, partial(warmup_cosine, warmup=cfg.warmup_steps, total=total_steps))
@@ -108,20 +118,27 @@ def train(cfg: TrainConfig, *, model=None, tokenizer=None, critic: SafetyCritic 
         step = checkpoint.load(resume_from, model=model, optimizer=optimizer, scheduler=scheduler,
                                order=order, schedule=schedule, config=cfg.to_dict())
     log = MetricsLog(out / "metrics.jsonl", step,
-                     Path(cfg.log_dir or out / "tensorboard") if cfg.tensorboard else None)
+                     Path(cfg.log_dir or out / "tensorboard") if cfg.tensorboard else None,
+                     write=distributed.is_main())
     save = partial(checkpoint.save, ckpt_root, model=model, optimizer=optimizer, scheduler=scheduler,
                    order=order, schedule=schedule, config=cfg.to_dict(), keep=cfg.keep_checkpoints)
     last_good = resume_from
-    cache = ReferenceCache(cfg.reference_cache_mb)
+    # Under FSDP the LoRA reference pass gathers shards with the other processes: all must run it.
+    cache = ReferenceCache(0 if mode == "fsdp" and reference is None else cfg.reference_cache_mb)
+    world = distributed.world_size()
 
-    bar = tqdm(total=total_steps, initial=step, disable=not cfg.progress, desc="train")
+    bar = tqdm(total=total_steps, initial=step, disable=not cfg.progress or not distributed.is_main(),
+               desc="train")
     try:
         while step < total_steps:
             t0 = time.perf_counter()
-            micro_ids = [order.next() for _ in range(cfg.grad_accum)]
+            batches = [order.next() for _ in range(cfg.grad_accum)]  # global micro-batches
+            sizes = [len(distributed.shard(ids)) for ids in batches]  # this process's sequences
+            # An empty share (a micro-batch with fewer examples than processes) runs one example
+            # whose loss rows are dropped below: DDP and FSDP need every process in every pass.
+            micro_ids = [distributed.shard(ids) or ids[:1] for ids in batches]
             micro = [collate(tokenizer, [examples[i] for i in ids], cfg.max_length).to(device)
                      for ids in micro_ids]
-            n_tokens = sum(b.n_tokens for b in micro)  # the global normalizer of this step
 
             # 1. reference pass and risk, for the whole optimizer batch (stored after epoch 1)
             refs, risks = [], []
@@ -131,42 +148,48 @@ def train(cfg: TrainConfig, *, model=None, tokenizer=None, critic: SafetyCritic 
                     ref_hidden, taps = None, {}
                     if source.needs_reference:
                         with autocast():
-                            ref_hidden, taps = reference_pass(model, reference, batch, source.layers)
+                            ref_hidden, taps = reference_pass(policy, reference, batch, source.layers)
                     rows = batch.labels != IGNORE_INDEX
                     cached = (None if ref_hidden is None else ref_hidden[rows], source.risk(batch, taps))
                     cache.store(ids, rows, ref_hidden, cached[1])
                 refs.append(cached[0])
                 risks.append(cached[1])
-            risk = None if risks[0] is None else torch.cat(risks)
-            sizes = [b.input_ids.shape[0] for b in micro]
-            alpha, beta = source.weights(risk, sum(sizes), schedule, device)
+            for k, n in enumerate(sizes):
+                if n == 0:  # the stand-in example of an empty share
+                    micro[k].labels.fill_(IGNORE_INDEX)
+                    refs[k] = None if refs[k] is None else refs[k][:0]
+            risk = None if risks[0] is None else torch.cat([r[:n] for r, n in zip(risks, sizes)])
+            alpha, beta = source.weights(risk, sum(sizes), schedule, device, mean=distributed.mean)
+            # the normalizer: response tokens of the whole step, in all processes
+            n_tokens = int(distributed.all_reduce_sum(torch.tensor(sum(b.n_tokens for b in micro))))
 
             # 2. policy forward, fused loss over response tokens, backward
             optimizer.zero_grad(set_to_none=True)
             sums = torch.zeros(3, dtype=torch.float64)
             for k, (batch, ref_rows) in enumerate(zip(micro, refs)):
-                with autocast():
-                    hidden = final_hidden(model, batch)
-                rows = batch.labels != IGNORE_INDEX
-                seq = rows.nonzero()[:, 0] + sum(sizes[:k])  # row -> sequence of the step
-                res = safety_loss(
-                    hidden[rows].to(head.dtype), head, batch.labels[rows],
-                    None if ref_rows is None else ref_rows.to(head.dtype),
-                    ce_weight=None if alpha is None else alpha[seq],
-                    kl_weight=None if beta is None else beta[seq],
-                    ref_weight=ref_head, kl=cfg.kl, reduction="sum", backend=cfg.backend)
-                (res.loss / n_tokens).backward()
+                with distributed.gradient_sync(policy, k == len(micro) - 1):
+                    with autocast():
+                        hidden, head = policy(batch.input_ids, batch.attention_mask)
+                    rows = batch.labels != IGNORE_INDEX
+                    seq = rows.nonzero()[:, 0] + sum(sizes[:k])  # row -> sequence of the step
+                    res = safety_loss(
+                        hidden[rows].to(head.dtype), head, batch.labels[rows],
+                        None if ref_rows is None else ref_rows.to(head.dtype),
+                        ce_weight=None if alpha is None else alpha[seq],
+                        kl_weight=None if beta is None else beta[seq],
+                        ref_weight=ref_head, kl=cfg.kl, reduction="sum", backend=cfg.backend)
+                    # DDP and FSDP average gradients over processes: * world makes that the sum
+                    (res.loss * world / n_tokens).backward()
                 sums += torch.stack([res.loss.detach(), res.ce.sum(), res.kl.sum()]).double().cpu()
-            loss, ce, kl = (sums / n_tokens).tolist()
+            loss, ce, kl = (distributed.all_reduce_sum(sums) / n_tokens).tolist()
             if not math.isfinite(loss):
                 raise NonFiniteLossError(
                     f"step {step + 1}: loss is {loss} (ce {ce}, kl {kl}); training stopped before "
                     f"the optimizer step. Last good checkpoint: {last_good or 'none'}. "
                     "Lower lr, check the data, or resume from the checkpoint.")
 
-            # 3. clip, step, schedule
-            if cfg.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            # 3. clip (0: no clipping; the norm, of the global batch's gradient, is logged), step
+            grad_norm = distributed.clip_grad_norm(params, cfg.max_grad_norm)
             lr = scheduler.get_last_lr()[0]
             optimizer.step()
             scheduler.step()
@@ -174,12 +197,13 @@ def train(cfg: TrainConfig, *, model=None, tokenizer=None, critic: SafetyCritic 
 
             # 4. log and checkpoint
             seconds = time.perf_counter() - t0
+            seen = distributed.all_reduce_sum(torch.tensor(sum(int(b.attention_mask[:n].sum())
+                                                               for b, n in zip(micro, sizes))))
             log.write({"step": step, "epoch": order.epoch, "loss": loss, "ce": ce, "kl": kl,
-                       "risk": float("nan") if risk is None else risk.mean().item(),
-                       "beta": float("nan") if beta is None else beta.mean().item(), "lr": lr,
-                       "tokens": n_tokens,
-                       "tokens_per_s": sum(int(b.attention_mask.sum()) for b in micro) / seconds,
-                       "seconds": seconds})
+                       "risk": float("nan") if risk is None else distributed.mean(risk).item(),
+                       "beta": float("nan") if beta is None else distributed.mean(beta).item(), "lr": lr,
+                       "grad_norm": grad_norm,
+                       "tokens": n_tokens, "tokens_per_s": int(seen) / seconds, "seconds": seconds})
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}", kl=f"{kl:.4f}")
             if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == total_steps:

@@ -9,19 +9,23 @@ import json
 import math
 from pathlib import Path
 
-SCALARS = ("loss", "ce", "kl", "risk", "beta", "lr", "tokens_per_s")
+SCALARS = ("loss", "ce", "kl", "risk", "beta", "lr", "grad_norm", "tokens_per_s")
 
 
 class MetricsLog:
-    def __init__(self, path: Path, start_step: int, tensorboard_dir: Path | None):
-        self.path = path
+    """``write=False`` (the other processes of a multi-process run) keeps only ``history``."""
+
+    def __init__(self, path: Path, start_step: int, tensorboard_dir: Path | None, write: bool = True):
+        self.path = path if write else None
         self.history: list[dict] = []
+        self.writer = None
+        if not write:
+            return
         if start_step > 0 and path.exists():
             lines = path.read_text().splitlines()
             self.history = [r for r in map(json.loads, filter(None, lines)) if r["step"] <= start_step]
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("".join(json.dumps(r) + "\n" for r in self.history))
-        self.writer = None
         if tensorboard_dir is not None:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -33,6 +37,8 @@ class MetricsLog:
         record = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
                   for k, v in record.items()}
         self.history.append(record)
+        if self.path is None:
+            return
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
         if self.writer is not None:

@@ -58,10 +58,37 @@ def lm_head(model: nn.Module) -> nn.Module:
 
 
 def final_hidden(model: nn.Module, batch: Batch) -> torch.Tensor:
-    """``[B, T, D]`` final hidden states (after the last norm), without the LM head."""
+    """``[B, T, D]`` final hidden states (after the last norm), without the LM head. A
+    :class:`PolicyForward` (under DDP or FSDP or not) is called, so that their hooks run."""
+    if isinstance(_without_ddp(model), PolicyForward):
+        return model(batch.input_ids, batch.attention_mask)[0]
     decoder = unwrap(model).get_decoder()
     return decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                    use_cache=False).last_hidden_state
+
+
+class PolicyForward(nn.Module):
+    """The policy pass as one module call: ``(final hidden states [B, T, D], LM head weight [V, D])``.
+
+    The trainer never calls the model's own ``forward`` (the fused op applies the head), so this is
+    the call that DDP and FSDP wrap: their hooks run around a module's ``forward``. It hands out the
+    head from inside the call because FSDP gathers a sharded head only there.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        decoder = unwrap(self.model).get_decoder()
+        hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        return hidden, lm_head(self.model).weight
+
+
+def _without_ddp(model: nn.Module) -> nn.Module:
+    from torch.nn.parallel import DistributedDataParallel
+
+    return model.module if isinstance(model, DistributedDataParallel) else model
 
 
 @contextlib.contextmanager
@@ -88,14 +115,17 @@ def reference_pass(policy: nn.Module, reference: nn.Module | None, batch: Batch,
                    layers: Sequence[int] = ()) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
     """The frozen reference's final hidden states and its probe-layer outputs, in eval mode.
 
-    ``reference=None`` runs ``policy`` with its adapters disabled.
+    ``reference=None`` runs ``policy`` with its adapters disabled. ``policy`` may be the trainer's
+    :class:`PolicyForward`: under FSDP the pass goes through it (it gathers the shards), under DDP
+    around it (no gradient, so no hooks: each process may run or skip it alone).
     """
-    net = policy if reference is None else reference
+    net = _without_ddp(policy) if reference is None else reference
+    model = net.model if isinstance(net, PolicyForward) else net
     was_training = net.training
     net.eval()
-    off = policy.disable_adapter() if reference is None else contextlib.nullcontext()
+    off = model.disable_adapter() if reference is None else contextlib.nullcontext()
     try:
-        with off, tap_layers(net, layers) as taps:
+        with off, tap_layers(model, layers) as taps:
             hidden = final_hidden(net, batch)
     finally:
         net.train(was_training)

@@ -45,14 +45,15 @@ class RiskSource:
         return torch.where(torch.isnan(batch.risk), risk, batch.risk).detach()
 
     def weights(self, risk: torch.Tensor | None, n_seqs: int, schedule: RiskSchedule,
-                device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Per-sequence ``(alpha, beta)`` ``[B]``; ``(None, None)`` for plain SFT."""
+                device, mean=torch.mean) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Per-sequence ``(alpha, beta)`` ``[B]``; ``(None, None)`` for plain SFT. ``mean``: the
+        batch-mode average (see :class:`RiskSchedule`)."""
         if self.kind == "none":
             return None, None
         if self.kind == "fixed":
             beta = torch.full((n_seqs,), self.fixed_beta, dtype=torch.float32, device=device)
             return schedule.alpha_of(beta), beta
-        return schedule(risk)
+        return schedule(risk, mean)
 
 
 def read_probe(probe: Probe, taps: dict[int, torch.Tensor], batch: Batch) -> torch.Tensor:
