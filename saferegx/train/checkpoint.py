@@ -55,6 +55,8 @@ def save(root: Path, step: int, *, model, optimizer, scheduler, order, schedule,
         distributed.barrier()  # until the main process has written it
         return target
     root.mkdir(parents=True, exist_ok=True)
+    for stale in root.glob(".tmp-*"):  # left by a process killed mid-write: a checkpoint's worth of disk
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".tmp-{target.name}-"))
     try:
         save_file({k: v.cpu() for k, v in weights.items()}, str(tmp / "model.safetensors"))
