@@ -5,8 +5,12 @@ Streaming design (as Cut Cross-Entropy): no logit tile ever leaves the chip.
 - `_stats_kernel`, grid (row blocks, vocab splits): each program streams the vocab blocks of its
   split, forms the fp32 tiles z = h W^T and r = g W_ref^T with `tl.dot` over D chunks (W read once
   for both when the head is shared) and keeps online statistics per row: running max and shifted
-  exp-sum of z and r, the label logit, and the KL numerator U = sum_v e^(b - m_b) (b - a)
-  ((a, b) = (z, r) forward, (r, z) reverse), rescaled whenever the running max moves.
+  exp-sum of z and r, the label logit, and the KL numerator on max-shifted logits
+  U = sum_v e^(b - m_b) ((b - m_b) - (a - m_a)) ((a, b) = (z, r) forward, (r, z) reverse),
+  moved to the new maxima whenever a running max moves. Shifted, the maxima cancel exactly (as
+  in the C++ and CUDA kernels): U = sum e^(b - m_b) (b - a) would leave KL = U / S_b - (m_b - m_a)
+  + ..., a difference of terms ~|logits| whose fp32 rounding (~1e-5 at logits ~100) swamps a
+  small KL.
   Splitting the vocabulary gives enough programs when there are few row blocks; the splits'
   partial statistics are merged by a few [splits, N] torch ops (`_merge`).
 - `_grad_kernel`, grid (row blocks x vocab blocks): recomputes its tiles, forms
@@ -94,18 +98,22 @@ def _stats_kernel(h_ptr, g_ptr, w_ptr, wr_ptr, labels_ptr, part_ptr, N, V, D,
         new_m_z = tl.maximum(m_z, tl.max(tl.where(col_ok, z, float("-inf")), axis=1))
         e_z = tl.where(col_ok, tl.exp(z - new_m_z[:, None]), 0.0)
         rescale_z = tl.exp(m_z - new_m_z)
-        s_z = s_z * rescale_z + tl.sum(e_z, axis=1)
-        m_z = new_m_z
         if HAS_REF:
             new_m_r = tl.maximum(m_r, tl.max(tl.where(col_ok, r, float("-inf")), axis=1))
             e_r = tl.where(col_ok, tl.exp(r - new_m_r[:, None]), 0.0)
             rescale_r = tl.exp(m_r - new_m_r)
+            # earlier terms of U move by -(change of m_b - change of m_a); none on the first block
+            moved = ((new_m_z - tl.where(m_z == float("-inf"), new_m_z, m_z))
+                     - (new_m_r - tl.where(m_r == float("-inf"), new_m_r, m_r)))
+            diff = (z - new_m_z[:, None]) - (r - new_m_r[:, None])
+            if REVERSE:  # U = sum e^(z - m_z) ((z - m_z) - (r - m_r))
+                u = (u - moved * s_z) * rescale_z + tl.sum(e_z * diff, axis=1)
+            else:  # U = sum e^(r - m_r) ((r - m_r) - (z - m_z))
+                u = (u + moved * s_r) * rescale_r - tl.sum(e_r * diff, axis=1)
             s_r = s_r * rescale_r + tl.sum(e_r, axis=1)
             m_r = new_m_r
-            if REVERSE:  # U = sum e^(z - m_z) (z - r)
-                u = u * rescale_z + tl.sum(e_z * (z - r), axis=1)
-            else:  # U = sum e^(r - m_r) (r - z)
-                u = u * rescale_r + tl.sum(e_r * (r - z), axis=1)
+        s_z = s_z * rescale_z + tl.sum(e_z, axis=1)
+        m_z = new_m_z
     out = part_ptr + split * N + rows
     stride = n_splits * N
     ok = rows < N
@@ -252,13 +260,16 @@ class _Inputs:
         max_r = m_r.amax(0)
         sum_r = (s_r * torch.exp(m_r - max_r)).sum(0)
         log_r = sum_r.log()
-        # KL(softmax b || softmax a) = U / S_b - (max_b - max_a) + log S_a - log S_b
+        # KL(softmax b || softmax a) = U / S_b + log S_a - log S_b, U shifted by the row maxima:
+        # each split's U is shifted by its own, so moved as in the kernel
         if self.reverse:  # (a, b) = (r, z)
-            u_total = (u * torch.exp(m_z - max_z)).sum(0)
-            kl = u_total / sum_z - (max_z - max_r) + log_r - log_z
+            moved = (max_z - m_z) - (max_r - m_r)
+            u_total = ((u - moved * s_z) * torch.exp(m_z - max_z)).sum(0)
+            kl = u_total / sum_z + log_r - log_z
         else:  # (a, b) = (z, r)
-            u_total = (u * torch.exp(m_r - max_r)).sum(0)
-            kl = u_total / sum_r - (max_r - max_z) + log_z - log_r
+            moved = (max_r - m_r) - (max_z - m_z)
+            u_total = ((u - moved * s_r) * torch.exp(m_r - max_r)).sum(0)
+            kl = u_total / sum_r + log_z - log_r
         kl = torch.where(self.valid, kl, zero)
         pairs = torch.stack([max_z, log_z, max_r, log_r])
         return ce, kl, lse_z, torch.where(self.valid, max_r + log_r, zero), pairs
