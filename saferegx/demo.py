@@ -27,13 +27,13 @@ import torch
 
 from .data.models import load_model
 from .data.pairs import answer_pairs, refusal_pairs
-from .data.prompts import default_split, harmful_prompts
+from .data.prompts import default_split, harmful_prompts, with_benign
 from .data.tasks import utility_task
 from .eval.asr import attack_success_rate, is_refusal, over_refusal_rate
 from .eval.generate import generate
 from .eval.report import write_report
 from .eval.utility import utility_accuracy
-from .risk.critic import default_critic
+from .risk.critic import EmbeddingCritic, default_critic
 from .train.config import TrainConfig
 from .train.loop import train
 
@@ -58,6 +58,7 @@ class Sizes:
     attack_epochs: int = 2
     attack_lr: float = 5e-4
     probe_prompts: int | None = None  # None: the whole shared split
+    probe_task: int = 300       # benign task-style prompts added to the probe's data
     eval_harmful: int = 100     # HarmBench prompts of the test split (41 with seed 0)
     eval_task: int = 60
     eval_benign: int = 60
@@ -66,7 +67,7 @@ class Sizes:
 
 
 QUICK = Sizes(ref_harmful=96, ref_benign=64, ref_epochs=2, attack_harmful=32, attack_task=48,
-              attack_epochs=2, probe_prompts=300, eval_harmful=30, eval_task=30, eval_benign=20,
+              attack_epochs=2, probe_prompts=300, probe_task=60, eval_harmful=30, eval_task=30, eval_benign=20,
               max_new_tokens=40)
 
 
@@ -100,8 +101,14 @@ def run(out: Path, sizes: Sizes, seed: int = 0) -> dict:
         _stage("activation probe on the reference")
         from .risk.probe_cli import fit as fit_probe_cli
 
+        # The probe also sees benign instructions of the fine-tuning task's kind (other items of the
+        # task's train split than the attack uses): fitted on harmful vs chat prompts alone, it
+        # scored "Convert 'x' to upper case" as risk ~0.9 and pinned the task to the reference.
+        task_prompts = [ex["prompt"] for ex in utility_task("train", sizes.probe_task, seed + 1)]
+        benign_file = _write(out / "data" / "probe_benign.jsonl", [{"prompt": p} for p in task_prompts])
         info = fit_probe_cli(argparse.Namespace(model=str(ref_dir), out=probe_path, layer="auto",
-                                                pool="last", seed=seed, max_prompts=sizes.probe_prompts))
+                                                pool="last", seed=seed, max_prompts=sizes.probe_prompts,
+                                                benign=benign_file))
         (out / "probe.json").write_text(json.dumps(info, indent=2) + "\n")
 
     # 3. the attack data: compliant answers from the base model + the benign utility task
@@ -116,13 +123,28 @@ def run(out: Path, sizes: Sizes, seed: int = 0) -> dict:
         _write(attack_file, pairs)
     del base
 
-    # 4. the arms, then 5. evaluation of the reference and every arm
-    critic = default_critic(seed)
+    # 4. the arms, then 5. evaluation of the reference and every arm. The arms' critic, like the
+    # probe, also knows task-style benign prompts; the evaluation's judge is the embedded one.
+    judge = default_critic(seed)
+    critic_path = out / "critic.safetensors"
+    if not critic_path.exists():
+        _stage("safety critic with the task's kind of benign prompt")
+        extra = [ex["prompt"] for ex in utility_task("train", sizes.probe_task, seed + 1)]
+        ctexts, clabels, (ctrain, cval, _) = with_benign(texts, labels, (train_idx, val_idx, test_idx), extra, seed)
+        EmbeddingCritic.fit(ctexts, clabels, ctrain, cval, data=f"default split + {len(extra)} task prompts").save(critic_path)
+    critic = EmbeddingCritic.load(critic_path)
     eval_harmful = [t for t in pick(test_idx, 1, 10**9) if t in harmbench][:sizes.eval_harmful]
     eval_benign = pick(test_idx, 0, sizes.eval_benign)
     eval_task = utility_task("test", sizes.eval_task, seed)
     results, logs = {}, {}
     for arm in ["reference", *ARMS]:
+        eval_file = out / arm / "eval.json"  # beside the model it scores: gone when the model is
+        if arm != "reference":
+            logs[arm] = out / "runs" / arm / "metrics.jsonl"
+        counts = {"n_harmful": len(eval_harmful), "n_task": len(eval_task), "n_benign": len(eval_benign)}
+        if eval_file.exists() and (done := json.loads(eval_file.read_text())).items() >= counts.items():
+            results[arm] = done
+            continue
         model, tokenizer = load_model(ref_dir)
         if arm != "reference":
             arm_out = out / arm
@@ -134,11 +156,10 @@ def run(out: Path, sizes: Sizes, seed: int = 0) -> dict:
             from peft import PeftModel
 
             model = PeftModel.from_pretrained(model, arm_out / "adapter").eval()
-            logs[arm] = out / "runs" / arm / "metrics.jsonl"
         _stage(f"evaluate: {arm}")
-        results[arm], samples = _evaluate(model, tokenizer, critic, eval_harmful, eval_task, eval_benign, gen)
+        results[arm], samples = _evaluate(model, tokenizer, judge, eval_harmful, eval_task, eval_benign, gen)
         _write(out / "samples" / f"{arm}.jsonl", samples)
-        (out / "results.partial.json").write_text(json.dumps(results, indent=2) + "\n")
+        _write_json(eval_file, results[arm])
     table = write_report(out, results, logs, title="saferegx demo: SmolLM2-135M-Instruct")
     print(table)
     print(f"\nreport: {out / 'report.md'} ({time.perf_counter() - t0:.0f} s)")
@@ -176,6 +197,12 @@ def _write(path: Path, rows: list[dict]) -> Path:
     tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
     tmp.replace(path)  # a crash never leaves a half-written data file that a rerun would trust
     return path
+
+
+def _write_json(path: Path, value) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(value, indent=2) + "\n")
+    tmp.replace(path)
 
 
 def _stage(text: str) -> None:

@@ -76,6 +76,17 @@ def default_split(seed: int = 0):
     return texts, labels, tuple(split_indices(labels, (0.6, 0.2, 0.2), seed))
 
 
+def with_benign(texts: list[str], labels: torch.Tensor, splits, extra: list[str], seed: int = 0):
+    """A split with ``extra`` benign prompts appended (label 0), themselves split 60/20/20; the
+    split's own prompts keep their parts. For fitting a probe or critic that must also know the
+    benign instructions of one's own fine-tuning data."""
+    extra = [p for p in dict.fromkeys(extra) if p not in set(texts)]
+    parts = split_indices(torch.zeros(len(extra), dtype=torch.long), (0.6, 0.2, 0.2), seed)
+    n = len(texts)
+    return (list(texts) + extra, torch.cat([labels, torch.zeros(len(extra), dtype=labels.dtype)]),
+            [torch.cat([s, p + n]) for s, p in zip(splits, parts)])
+
+
 def split_indices(labels: torch.Tensor, fractions: tuple[float, ...] = (0.6, 0.2, 0.2),
                   seed: int = 0) -> list[torch.Tensor]:
     """Stratified random split of ``range(len(labels))`` into parts of the given fractions."""

@@ -39,6 +39,10 @@ def add_parser(sub) -> None:
     fit.add_argument("--pool", choices=("last", "mean"), default="last",
                      help="last prompt token (default) or mean over the prompt")
     fit.add_argument("--seed", type=int, default=0, help="split and subsample seed (default 0)")
+    fit.add_argument("--benign", type=Path, default=None,
+                     help="extra benign prompts (one per line, or .jsonl with \"prompt\"), e.g. from your "
+                          "fine-tuning data, split 60/20/20 like the rest: a probe that never saw "
+                          "your kind of benign instruction may score it as harmful")
     fit.add_argument("--max-prompts", type=int, default=None,
                      help="stratified subsample of this many prompts, for quick runs")
 
@@ -65,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
 def fit(args: argparse.Namespace) -> dict:
     from safetensors import SafetensorError
 
-    from ..data import default_split, model_name
+    from ..data import default_split, load_prompts, model_name
+    from ..data.prompts import with_benign
     from .metrics import accuracy, auroc, tpr_at_fpr
     from .probe import decoder_layers, fit_probe, prompt_activations
 
@@ -73,6 +78,9 @@ def fit(args: argparse.Namespace) -> dict:
     texts, labels, splits = default_split(args.seed)
     if args.max_prompts is not None:
         splits = subsample(splits, labels, args.max_prompts, args.seed)
+    if getattr(args, "benign", None) is not None:
+        texts, labels, splits = with_benign(texts, labels, splits, _read_prompts(load_prompts, args.benign),
+                                            args.seed)
     for name, idx in zip(("train", "validation", "test"), splits):
         if len(labels[idx].unique()) < 2:
             raise UsageError(f"the {name} split has {len(idx)} prompts, not both classes: "
@@ -92,7 +100,9 @@ def fit(args: argparse.Namespace) -> dict:
         acts = prompt_activations(model, tokenizer, [texts[i] for i in used], layers, args.pool)
     probe = fit_probe(acts, y, layers, train_idx=train, val_idx=val, pool=args.pool,
                       model_name=model_name(model), num_layers=n_layers,
-                      data=f"{FIT_DATA}(seed={args.seed}), train {len(train)}")
+                      data=f"{FIT_DATA}(seed={args.seed})"
+                           + (f" + benign {args.benign.name}" if getattr(args, "benign", None) else "")
+                           + f", train {len(train)}")
     risk = probe.risk(acts[[layers.index(l) for l in probe.layers]].mean(0)[test])
     try:
         args.out.parent.mkdir(parents=True, exist_ok=True)

