@@ -192,17 +192,20 @@ def _config(out: Path, data: Path, sizes: Sizes, seed: int, **overrides) -> Trai
 
 
 def _write(path: Path, rows: list[dict]) -> Path:
+    return _atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _write_json(path: Path, value) -> Path:
+    return _atomic(path, json.dumps(value, indent=2) + "\n")
+
+
+def _atomic(path: Path, text: str) -> Path:
+    """A crash never leaves a half-written file that a rerun would trust."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    tmp.replace(path)  # a crash never leaves a half-written data file that a rerun would trust
-    return path
-
-
-def _write_json(path: Path, value) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(value, indent=2) + "\n")
+    tmp.write_text(text)
     tmp.replace(path)
+    return path
 
 
 def _stage(text: str) -> None:
