@@ -95,16 +95,16 @@ def run(out: Path, sizes: Sizes, seed: int = 0) -> dict:
         tokenizer.save_pretrained(ref_dir)
         base, tokenizer = load_model()  # merge_and_unload changed `base` in place
 
-    # 2. the probe, fitted on the reference
+    # 2. the probe, fitted on the reference. It (and the arms' critic) also sees benign instructions
+    # of the fine-tuning task's kind (other items of the task's train split than the attack uses):
+    # fitted on harmful vs chat prompts alone, it scored "Convert 'x' to upper case" as risk ~0.9
+    # and pinned the task to the reference.
+    task_prompts = [ex["prompt"] for ex in utility_task("train", sizes.probe_task, seed + 1)]
     probe_path = out / "probe.safetensors"
     if not probe_path.exists():
         _stage("activation probe on the reference")
         from .risk.probe_cli import fit as fit_probe_cli
 
-        # The probe also sees benign instructions of the fine-tuning task's kind (other items of the
-        # task's train split than the attack uses): fitted on harmful vs chat prompts alone, it
-        # scored "Convert 'x' to upper case" as risk ~0.9 and pinned the task to the reference.
-        task_prompts = [ex["prompt"] for ex in utility_task("train", sizes.probe_task, seed + 1)]
         benign_file = _write(out / "data" / "probe_benign.jsonl", [{"prompt": p} for p in task_prompts])
         info = fit_probe_cli(argparse.Namespace(model=str(ref_dir), out=probe_path, layer="auto",
                                                 pool="last", seed=seed, max_prompts=sizes.probe_prompts,
@@ -129,19 +129,20 @@ def run(out: Path, sizes: Sizes, seed: int = 0) -> dict:
     critic_path = out / "critic.safetensors"
     if not critic_path.exists():
         _stage("safety critic with the task's kind of benign prompt")
-        extra = [ex["prompt"] for ex in utility_task("train", sizes.probe_task, seed + 1)]
-        ctexts, clabels, (ctrain, cval, _) = with_benign(texts, labels, (train_idx, val_idx, test_idx), extra, seed)
-        EmbeddingCritic.fit(ctexts, clabels, ctrain, cval, data=f"default split + {len(extra)} task prompts").save(critic_path)
+        ctexts, clabels, (ctrain, cval, _) = with_benign(texts, labels, (train_idx, val_idx, test_idx),
+                                                         task_prompts, seed)
+        EmbeddingCritic.fit(ctexts, clabels, ctrain, cval,
+                            data=f"default split + {len(task_prompts)} task prompts").save(critic_path)
     critic = EmbeddingCritic.load(critic_path)
     eval_harmful = [t for t in pick(test_idx, 1, 10**9) if t in harmbench][:sizes.eval_harmful]
     eval_benign = pick(test_idx, 0, sizes.eval_benign)
     eval_task = utility_task("test", sizes.eval_task, seed)
+    counts = {"n_harmful": len(eval_harmful), "n_task": len(eval_task), "n_benign": len(eval_benign)}
     results, logs = {}, {}
     for arm in ["reference", *ARMS]:
         eval_file = out / arm / "eval.json"  # beside the model it scores: gone when the model is
         if arm != "reference":
             logs[arm] = out / "runs" / arm / "metrics.jsonl"
-        counts = {"n_harmful": len(eval_harmful), "n_task": len(eval_task), "n_benign": len(eval_benign)}
         if eval_file.exists() and (done := json.loads(eval_file.read_text())).items() >= counts.items():
             results[arm] = done
             continue

@@ -78,7 +78,7 @@ def fit(args: argparse.Namespace) -> dict:
     texts, labels, splits = default_split(args.seed)
     if args.max_prompts is not None:
         splits = subsample(splits, labels, args.max_prompts, args.seed)
-    if getattr(args, "benign", None) is not None:
+    if args.benign is not None:
         texts, labels, splits = with_benign(texts, labels, splits, _read_prompts(load_prompts, args.benign),
                                             args.seed)
     for name, idx in zip(("train", "validation", "test"), splits):
@@ -101,7 +101,7 @@ def fit(args: argparse.Namespace) -> dict:
     probe = fit_probe(acts, y, layers, train_idx=train, val_idx=val, pool=args.pool,
                       model_name=model_name(model), num_layers=n_layers,
                       data=f"{FIT_DATA}(seed={args.seed})"
-                           + (f" + benign {args.benign.name}" if getattr(args, "benign", None) else "")
+                           + (f" + benign {args.benign.name}" if args.benign else "")
                            + f", train {len(train)}")
     risk = probe.risk(acts[[layers.index(l) for l in probe.layers]].mean(0)[test])
     try:
