@@ -53,6 +53,7 @@ class TrainConfig:
     kl: str = "forward"                  # forward (paper's code) | reverse
     backend: str = "auto"                # fused-op backend
     reference_cache_mb: float = 2048.0   # reuse reference hidden states/risk after epoch 1; 0 = off
+    reference_precision: str = "auto"    # auto (bf16 where the hardware has bf16 matmuls) | bf16 | fp32
     # machinery
     device: str = "auto"                 # auto | cpu | cuda[:N] (launched: cuda = cuda:LOCAL_RANK)
     distributed: str = "auto"            # auto (ddp when launched with >1 process) | ddp | fsdp | none
@@ -145,7 +146,8 @@ def _check_values(cfg: TrainConfig) -> None:
     choices = {"finetune": ("lora", "full"), "risk": RISK_SOURCES, "schedule_mode": ("batch", "sequence"),
                "alpha": ("clamp", "complement", "one"), "kl": ("forward", "reverse"),
                "backend": ("auto", "reference", "cpu", "triton", "cuda"),
-               "distributed": ("auto", "ddp", "fsdp", "none")}
+               "distributed": ("auto", "ddp", "fsdp", "none"),
+               "reference_precision": ("auto", "bf16", "fp32")}
     for key, allowed in choices.items():
         need(getattr(cfg, key) in allowed, key, f"must be one of {', '.join(allowed)}")
     for key in ("lora_r", "epochs", "batch_size", "grad_accum", "keep_checkpoints"):

@@ -22,7 +22,7 @@ from ..risk.critic import SafetyCritic
 from ..risk.probe import Probe
 from ..risk.schedule import RiskSchedule
 from .batches import IGNORE_INDEX, Batch, collate
-from .model import lm_head, reference_pass
+from .model import lm_head, reference_in_bf16, reference_pass
 from .signals import RiskSource
 
 _BATCH_FIELDS = [f.name for f in dataclasses.fields(Batch)]
@@ -48,6 +48,7 @@ class SafetyTrainer(Trainer):
     ``risk``: ``probe`` (give ``probe``), ``critic`` (give ``critic``), ``fixed`` (``beta``) or
     ``none``. The reference is the model with its adapters disabled (a ``PeftModel``) or
     ``ref_model`` (full fine-tuning). Use :class:`SafetyCollator` as the data collator.
+    ``reference_precision``: as the trainer's config key (``auto``: bf16 where it is native).
     """
 
     loss_is_scaled_for_ga = True  # compute_loss divides by the global token count itself
@@ -55,7 +56,7 @@ class SafetyTrainer(Trainer):
     def __init__(self, *args, risk: str = "critic", probe: Probe | None = None,
                  critic: SafetyCritic | None = None, beta: float = 0.5,
                  schedule: RiskSchedule | None = None, kl: str = "forward", backend: str = "auto",
-                 ref_model: torch.nn.Module | None = None, **kwargs):
+                 ref_model: torch.nn.Module | None = None, reference_precision: str = "auto", **kwargs):
         super().__init__(*args, **kwargs)
         # Our columns (prompts, prompt_pos, risk) are not model.forward arguments; keep them.
         self.args.remove_unused_columns = False
@@ -64,6 +65,9 @@ class SafetyTrainer(Trainer):
         self.source = RiskSource(risk, probe=probe, critic=critic, fixed_beta=beta)
         self.schedule = schedule or RiskSchedule()
         self.kl, self.backend = kl, backend
+        if reference_precision not in ("auto", "bf16", "fp32"):
+            raise ValueError(f"reference_precision must be auto, bf16 or fp32, got {reference_precision!r}")
+        self.reference_bf16 = reference_in_bf16(reference_precision, self.args.device)
         self.ref_model = (None if ref_model is None else
                           ref_model.to(self.args.device).eval().requires_grad_(False))
         if self.source.needs_reference and ref_model is None and not hasattr(self.model, "disable_adapter"):
@@ -76,7 +80,8 @@ class SafetyTrainer(Trainer):
         policy = self.accelerator.unwrap_model(model)
         ref_hidden, taps = None, {}
         if self.source.needs_reference:
-            ref_hidden, taps = reference_pass(policy, self.ref_model, batch, self.source.layers)
+            with torch.autocast(batch.input_ids.device.type, dtype=torch.bfloat16, enabled=self.reference_bf16):
+                ref_hidden, taps = reference_pass(policy, self.ref_model, batch, self.source.layers)
         risk = self.source.risk(batch, taps)
         alpha, beta = self.source.weights(risk, batch.input_ids.shape[0], self.schedule,
                                           batch.input_ids.device)

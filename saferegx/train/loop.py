@@ -33,7 +33,7 @@ from . import checkpoint, distributed
 from .batches import IGNORE_INDEX, DataOrder, collate, load_examples
 from .config import TrainConfig
 from .metrics import MetricsLog
-from .model import lm_head, prepare, reference_pass
+from .model import lm_head, prepare, reference_in_bf16, reference_pass
 from .reference_cache import ReferenceCache
 from .signals import RiskSource
 
@@ -111,6 +111,10 @@ def train(cfg: TrainConfig, *, model=None, tokenizer=None, critic: SafetyCritic 
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, partial(warmup_cosine, warmup=cfg.warmup_steps, total=total_steps))
     autocast = partial(torch.autocast, device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
+    # The reference pass is frozen and only sets a KL target: bf16 costs ~3e-4 nats of KL per token
+    # and makes it ~1.7x faster (the pass is a third of a plain LoRA step).
+    ref_autocast = partial(torch.autocast, device.type, dtype=torch.bfloat16,
+                           enabled=cfg.bf16 or reference_in_bf16(cfg.reference_precision, device))
 
     # --- resume -----------------------------------------------------------------------------
     step = 0
@@ -147,7 +151,7 @@ def train(cfg: TrainConfig, *, model=None, tokenizer=None, critic: SafetyCritic 
                 if cached is None:
                     ref_hidden, taps = None, {}
                     if source.needs_reference:
-                        with autocast():
+                        with ref_autocast():
                             ref_hidden, taps = reference_pass(policy, reference, batch, source.layers)
                     rows = batch.labels != IGNORE_INDEX
                     cached = (None if ref_hidden is None else ref_hidden[rows], source.risk(batch, taps))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -130,3 +131,17 @@ def reference_pass(policy: nn.Module, reference: nn.Module | None, batch: Batch,
     finally:
         net.train(was_training)
     return hidden, taps
+
+
+def reference_in_bf16(precision: str, device: torch.device) -> bool:
+    """``reference_precision: auto`` means bf16 where matmuls run natively in bf16: a GPU with bf16,
+    or a CPU with AVX512-BF16 or AMX (elsewhere bf16 is emulated and slower than fp32)."""
+    if precision != "auto":
+        return precision == "bf16"
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return device.type == "cpu" and any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))

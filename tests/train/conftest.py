@@ -57,14 +57,15 @@ def data_file(tmp_path):
 
 @pytest.fixture
 def config(tmp_path, data_file):
-    """TrainConfig for a tiny run: small LoRA, a few steps, no progress bar or TensorBoard."""
+    """TrainConfig for a tiny run: small LoRA, a few steps, no progress bar or TensorBoard. The
+    reference runs in fp32, so runs can be compared with fp32 math (bf16 has its own test)."""
     from saferegx.train import TrainConfig
 
     def make(**overrides):
         values = dict(data=data_file(), output_dir=str(tmp_path / "run"), risk="fixed", max_steps=2,
                       batch_size=3, lr=1e-2, max_length=48, lora_r=4, lora_alpha=8.0,
                       lora_target_modules=["q_proj", "v_proj", "down_proj"], progress=False,
-                      tensorboard=False)
+                      tensorboard=False, reference_precision="fp32")
         values.update(overrides)
         return TrainConfig(**values)
     return make

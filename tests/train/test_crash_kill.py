@@ -187,7 +187,7 @@ def test_sigkill_twice_then_resume_retraces_the_uninterrupted_run(tmp_path, mode
                   lora_dropout=0.2, warmup_steps=2, max_steps=MAX_STEPS, batch_size=3, lr=1e-2,
                   max_length=48, lora_r=4, lora_alpha=8.0, lora_target_modules=["q_proj", "v_proj", "down_proj"],
                   checkpoint_every=CHECKPOINT_EVERY, keep_checkpoints=2, device="cpu", progress=False,
-                  tensorboard=False)
+                  tensorboard=False, reference_precision="fp32")
     straight_cfg, _ = _write_config(tmp_path, "straight", output_dir=str(tmp_path / "straight"), **common)
     crash_out = tmp_path / "crash"
     crash_cfg, crash_values = _write_config(tmp_path, "crash", output_dir=str(crash_out), **common)

@@ -50,7 +50,7 @@ def setup(tmp_path_factory, tokenizer):
                       risk="probe", probe=str(root / "probe.safetensors"), schedule_mode="batch",
                       momentum=0.5, max_steps=STEPS, batch_size=3, grad_accum=2, lr=1e-2, max_length=48,
                       lora_r=4, lora_alpha=8.0, lora_target_modules=["q_proj", "v_proj", "down_proj"],
-                      checkpoint_every=1, progress=False, tensorboard=False)
+                      checkpoint_every=1, progress=False, tensorboard=False, reference_precision="fp32")
         values.update(overrides)
         path = root / f"{name}.yaml"
         path.write_text(yaml.safe_dump(values))

@@ -26,7 +26,7 @@ def test_compute_loss_is_the_hand_composed_loss(tmp_path, tokenizer, lora_model,
     collator = SafetyCollator(tokenizer, max_length=48)
     trainer = SafetyTrainer(model=model, args=args(tmp_path), train_dataset=examples,
                             data_collator=collator, risk="probe", probe=probe,
-                            schedule=RiskSchedule(mode="sequence"))
+                            schedule=RiskSchedule(mode="sequence"), reference_precision="fp32")
     inputs = collator(examples[2:5])
     expected, risk, beta = composed_loss(model, trainer_batch(inputs), probe, "sequence")
     with torch.no_grad():

@@ -141,6 +141,28 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(config, tokeni
     assert len(open(cfg.output_dir + "/metrics.jsonl").readlines()) == 2
 
 
+@pytest.mark.parametrize("risk", ["fixed", "probe"])
+def test_bf16_reference_stays_close_to_fp32_reference(risk, config, tokenizer, lora_model, probe_file, tmp_path):
+    """reference_precision: bf16 changes only the frozen pass (the KL target and the probe read)."""
+    extra = {"probe": probe_file()[0], "schedule_mode": "sequence"} if risk == "probe" else {}
+    runs = {p: train(config(max_steps=2, risk=risk, reference_precision=p, output_dir=str(tmp_path / p), **extra),
+                     model=lora_model(), tokenizer=tokenizer).history for p in ("fp32", "bf16")}
+    for a, b in zip(runs["fp32"], runs["bf16"]):
+        assert b["kl"] == pytest.approx(a["kl"], rel=0.05, abs=1e-4)
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-2)
+        assert b["risk"] == pytest.approx(a["risk"], abs=0.02)
+    assert runs["bf16"][0]["kl"] != runs["fp32"][0]["kl"]  # the bf16 pass did take effect
+
+
+def test_reference_precision_auto_follows_the_hardware():
+    from saferegx.train.model import reference_in_bf16
+
+    assert reference_in_bf16("bf16", torch.device("cpu")) and not reference_in_bf16("fp32", torch.device("cpu"))
+    flags = Path("/proc/cpuinfo").read_text().split() if Path("/proc/cpuinfo").exists() else []
+    native = "avx512_bf16" in flags or "amx_bf16" in flags
+    assert reference_in_bf16("auto", torch.device("cpu")) == native
+
+
 def test_bf16_autocast_runs_and_stays_close_to_fp32(config, tokenizer, make_model, tmp_path):
     fp32 = train(config(max_steps=1, output_dir=str(tmp_path / "fp32")), model=make_model(), tokenizer=tokenizer)
     bf16 = train(config(max_steps=1, bf16=True, output_dir=str(tmp_path / "bf16")), model=make_model(),
