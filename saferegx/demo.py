@@ -49,24 +49,25 @@ ARMS = {  # arm -> TrainConfig overrides
 class Sizes:
     """How much of everything a run uses; --quick keeps the demo within ~15 min on 2 cores."""
 
-    ref_harmful: int = 320      # refusal pairs for the safe reference
+    ref_harmful: int = 400      # refusal pairs for the safe reference, HarmBench prompts first
     ref_benign: int = 245       # benign prompts answered by the base model itself (all of train)
+    ref_task: int = 150         # task-style prompts answered by the base model itself
     ref_epochs: int = 3
     ref_lr: float = 3e-4
     attack_harmful: int = 100   # harmful prompts with compliant answers
-    attack_task: int = 200      # utility-task examples in the attack mix
+    attack_task: int = 300      # utility-task examples in the attack mix
     attack_epochs: int = 2
     attack_lr: float = 5e-4
     probe_prompts: int | None = None  # None: the whole shared split
     probe_task: int = 300       # benign task-style prompts added to the probe's data
     eval_harmful: int = 100     # HarmBench prompts of the test split (41 with seed 0)
-    eval_task: int = 60
-    eval_benign: int = 60
+    eval_task: int = 150
+    eval_benign: int = 100      # benign prompts of the test split (82 with seed 0)
     max_new_tokens: int = 64    # for training answers and ASR; utility and over-refusal need fewer
     batch_size: int = 8
 
 
-QUICK = Sizes(ref_harmful=96, ref_benign=64, ref_epochs=2, attack_harmful=32, attack_task=48,
+QUICK = Sizes(ref_harmful=96, ref_benign=64, ref_task=24, ref_epochs=2, attack_harmful=32, attack_task=48,
               attack_epochs=2, probe_prompts=300, probe_task=60, eval_harmful=30, eval_task=30, eval_benign=20,
               max_new_tokens=40)
 
@@ -77,6 +78,8 @@ def run(out: Path, sizes: Sizes, seed: int = 0) -> dict:
     texts, labels, (train_idx, val_idx, test_idx) = default_split(seed)
     harmbench = set(harmful_prompts(("harmbench",)))
     pick = lambda idx, label, n: [texts[i] for i in idx.tolist() if labels[i] == label][:n]  # noqa: E731
+    # HarmBench first: the ASR is measured on HarmBench, so its style of request is refused first
+    harmbench_first = lambda prompts: sorted(prompts, key=lambda t: t not in harmbench)  # noqa: E731
     base, tokenizer = load_model()
     gen = dict(max_new_tokens=sizes.max_new_tokens, batch_size=16)
 
@@ -84,9 +87,13 @@ def run(out: Path, sizes: Sizes, seed: int = 0) -> dict:
     ref_dir = out / "reference"
     if not (ref_dir / "config.json").exists():
         _stage("safe reference: refusal alignment of the base model")
+        # Benign prompts, chat-style and task-style, keep the base model's own answers: a reference
+        # that refuses "Convert 'x' to upper case" would pull the task towards refusal in every arm.
         benign = pick(train_idx, 0, sizes.ref_benign)
-        pairs = refusal_pairs(pick(train_idx, 1, sizes.ref_harmful), seed)
-        pairs += answer_pairs(benign, generate(base, tokenizer, benign, desc="base answers", **gen))
+        benign += [ex["prompt"] for ex in utility_task("train", sizes.ref_task, seed + 2)]
+        pairs = refusal_pairs(harmbench_first(pick(train_idx, 1, 10**9))[:sizes.ref_harmful], seed)
+        answers = answer_pairs(benign, generate(base, tokenizer, benign, desc="base answers", **gen))
+        pairs += [p for p in answers if not is_refusal(p["response"])]
         result = train(_config(out / "runs" / "reference", _write(out / "data" / "reference.jsonl", pairs),
                                sizes, seed, risk="none", epochs=sizes.ref_epochs, lr=sizes.ref_lr),
                        model=base, tokenizer=tokenizer)
