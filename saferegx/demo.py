@@ -161,6 +161,7 @@ def run(out: Path, sizes: Sizes, seed: int = 0) -> dict:
                 cfg = _config(out / "runs" / arm, attack_file, sizes, seed, epochs=sizes.attack_epochs,
                               lr=sizes.attack_lr, probe=str(probe_path), **ARMS[arm])
                 train(cfg, model=model, tokenizer=tokenizer, critic=critic).save_adapter(arm_out / "adapter")
+                model, tokenizer = load_model(ref_dir)  # training injected LoRA layers into `model`
             from peft import PeftModel
 
             model = PeftModel.from_pretrained(model, arm_out / "adapter").eval()
