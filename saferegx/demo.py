@@ -40,9 +40,12 @@ from .train.loop import train
 ARMS = {  # arm -> TrainConfig overrides
     "sft": {"risk": "none"},
     "fixed": {"risk": "fixed", "beta": 0.5},
-    "adaptive-probe": {"risk": "probe", "schedule_mode": "sequence"},
-    "adaptive-critic": {"risk": "critic", "schedule_mode": "sequence"},
+    "adaptive-probe": {"risk": "probe", "schedule_mode": "sequence", "beta_min": 0.0},
+    "adaptive-critic": {"risk": "critic", "schedule_mode": "sequence", "beta_min": 0.0},
 }
+# beta_min 0 (the trainer's default is the paper code's 0.1): benign sequences train as in sft. With
+# 0.1 the full run of 2026-11-23 kept ASR at 4.9% but utility fell to 40.0% against sft's 47.3%:
+# even a small forward KL to a reference that answers "41 + 95" with "196" slows learning the task.
 
 
 @dataclass
