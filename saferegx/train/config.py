@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 RISK_SOURCES = ("probe", "critic", "fixed", "none")
+REFERENCE_PRECISIONS = ("auto", "bf16", "fp32")  # of the frozen reference pass (see model.reference_in_bf16)
 DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -147,7 +148,7 @@ def _check_values(cfg: TrainConfig) -> None:
                "alpha": ("clamp", "complement", "one"), "kl": ("forward", "reverse"),
                "backend": ("auto", "reference", "cpu", "triton", "cuda"),
                "distributed": ("auto", "ddp", "fsdp", "none"),
-               "reference_precision": ("auto", "bf16", "fp32")}
+               "reference_precision": REFERENCE_PRECISIONS}
     for key, allowed in choices.items():
         need(getattr(cfg, key) in allowed, key, f"must be one of {', '.join(allowed)}")
     for key in ("lora_r", "epochs", "batch_size", "grad_accum", "keep_checkpoints"):

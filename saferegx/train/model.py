@@ -17,7 +17,7 @@ from torch import nn
 
 from ..risk.probe import decoder_layers
 from .batches import Batch
-from .config import TrainConfig
+from .config import REFERENCE_PRECISIONS, TrainConfig
 
 LORA_HEAD_MESSAGE = ("LoRA on the LM head is not supported: policy and reference (adapters disabled) "
                      "must share the head so the fused loss reads W once; leave lm_head out of the "
@@ -136,6 +136,8 @@ def reference_pass(policy: nn.Module, reference: nn.Module | None, batch: Batch,
 def reference_in_bf16(precision: str, device: torch.device) -> bool:
     """``reference_precision: auto`` means bf16 where matmuls run natively in bf16: a GPU with bf16,
     or a CPU with AVX512-BF16 or AMX (elsewhere bf16 is emulated and slower than fp32)."""
+    if precision not in REFERENCE_PRECISIONS:
+        raise ValueError(f"reference_precision must be one of {', '.join(REFERENCE_PRECISIONS)}, got {precision!r}")
     if precision != "auto":
         return precision == "bf16"
     if device.type == "cuda":

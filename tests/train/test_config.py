@@ -30,6 +30,7 @@ def test_yaml_round_trip_and_defaults(tmp_path):
     ({"grad_accum": 0}, "grad_accum"),
     ({"risk": "judge"}, "risk"),
     ({"kl": "js"}, "kl"),
+    ({"reference_precision": "half"}, "reference_precision"),
     ({"risk": "probe"}, "probe"),                       # probe source without a probe file
     ({"lora_target_modules": ["q_proj", "lm_head"]}, "lora_target_modules"),
 ])

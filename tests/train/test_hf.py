@@ -63,3 +63,9 @@ def test_safety_trainer_needs_a_reference(tmp_path, tokenizer, make_model, examp
     with pytest.raises(ValueError, match="reference"):
         SafetyTrainer(model=make_model(), args=args(tmp_path), train_dataset=examples,
                       data_collator=SafetyCollator(tokenizer), risk="fixed")
+
+
+def test_safety_trainer_refuses_an_unknown_reference_precision(tmp_path, tokenizer, lora_model, examples):
+    with pytest.raises(ValueError, match="reference_precision must be one of auto, bf16, fp32, got 'half'"):
+        SafetyTrainer(model=lora_model(), args=args(tmp_path), train_dataset=examples,
+                      data_collator=SafetyCollator(tokenizer), risk="fixed", reference_precision="half")
