@@ -80,7 +80,8 @@ def with_benign(texts: list[str], labels: torch.Tensor, splits, extra: list[str]
     """A split with ``extra`` benign prompts appended (label 0), themselves split 60/20/20; the
     split's own prompts keep their parts. For fitting a probe or critic that must also know the
     benign instructions of one's own fine-tuning data."""
-    extra = [p for p in dict.fromkeys(extra) if p not in set(texts)]
+    known = set(texts)
+    extra = [p for p in dict.fromkeys(extra) if p not in known]
     parts = split_indices(torch.zeros(len(extra), dtype=torch.long), (0.6, 0.2, 0.2), seed)
     n = len(texts)
     return (list(texts) + extra, torch.cat([labels, torch.zeros(len(extra), dtype=labels.dtype)]),

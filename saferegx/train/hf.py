@@ -78,8 +78,8 @@ class SafetyTrainer(Trainer):
         policy = self.accelerator.unwrap_model(model)
         ref_hidden, taps = None, {}
         if self.source.needs_reference:
-            with torch.autocast(batch.input_ids.device.type, dtype=torch.bfloat16, enabled=self.reference_bf16):
-                ref_hidden, taps = reference_pass(policy, self.ref_model, batch, self.source.layers)
+            ref_hidden, taps = reference_pass(policy, self.ref_model, batch, self.source.layers,
+                                              self.reference_bf16)
         risk = self.source.risk(batch, taps)
         alpha, beta = self.source.weights(risk, batch.input_ids.shape[0], self.schedule,
                                           batch.input_ids.device)

@@ -113,8 +113,9 @@ def tap_layers(model: nn.Module, layers: Sequence[int]):
 
 @torch.no_grad()
 def reference_pass(policy: nn.Module, reference: nn.Module | None, batch: Batch,
-                   layers: Sequence[int] = ()) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
-    """The frozen reference's final hidden states and its probe-layer outputs, in eval mode.
+                   layers: Sequence[int] = (), bf16: bool = False) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    """The frozen reference's final hidden states and its probe-layer outputs, in eval mode (under
+    bf16 autocast with ``bf16``: see :func:`reference_in_bf16`).
 
     ``reference=None`` runs ``policy`` with its adapters disabled. ``policy`` may be the trainer's
     :class:`PolicyForward`: under FSDP the pass goes through it (it gathers the shards), under DDP
@@ -126,7 +127,8 @@ def reference_pass(policy: nn.Module, reference: nn.Module | None, batch: Batch,
     net.eval()
     off = model.disable_adapter() if reference is None else contextlib.nullcontext()
     try:
-        with off, tap_layers(model, layers) as taps:
+        with off, tap_layers(model, layers) as taps, torch.autocast(
+                batch.input_ids.device.type, dtype=torch.bfloat16, enabled=bf16):
             hidden = final_hidden(net, batch)
     finally:
         net.train(was_training)
@@ -142,8 +144,10 @@ def reference_in_bf16(precision: str, device: torch.device) -> bool:
         return precision == "bf16"
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        flags = Path("/proc/cpuinfo").read_text().split()
     except OSError:
         return False
-    return device.type == "cpu" and any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
+    return "avx512_bf16" in flags or "amx_bf16" in flags
