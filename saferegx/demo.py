@@ -17,7 +17,6 @@ prompts of ``validation``; ASR is measured on the HarmBench prompts of ``test``.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from .eval.generate import generate
 from .eval.report import write_report
 from .eval.utility import utility_accuracy
 from .risk.critic import EmbeddingCritic, default_critic
+from .risk.probe_fit import fit_default_probe
 from .train.config import TrainConfig
 from .train.loop import train
 
@@ -113,13 +113,14 @@ def run(out: Path, sizes: Sizes, seed: int = 0) -> dict:
     probe_path = out / "probe.safetensors"
     if not probe_path.exists():
         _stage("activation probe on the reference")
-        from .risk.probe_cli import fit as fit_probe_cli
-
-        benign_file = _write(out / "data" / "probe_benign.jsonl", [{"prompt": p} for p in task_prompts])
-        info = fit_probe_cli(argparse.Namespace(model=str(ref_dir), out=probe_path, layer="auto",
-                                                pool="last", seed=seed, max_prompts=sizes.probe_prompts,
-                                                benign=benign_file))
-        (out / "probe.json").write_text(json.dumps(info, indent=2) + "\n")
+        ref_model, ref_tokenizer = load_model(ref_dir)
+        probe, info = fit_default_probe(ref_model, ref_tokenizer, seed=seed, max_prompts=sizes.probe_prompts,
+                                        benign=task_prompts, benign_name="task prompts", progress=True)
+        del ref_model
+        tmp = probe_path.with_suffix(".tmp")
+        probe.save(tmp)
+        tmp.replace(probe_path)  # a rerun trusts the file: never a half-written one
+        _write_json(out / "probe.json", info)
 
     # 3. the attack data: compliant answers from the base model + the benign utility task
     attack_file = out / "data" / "attack.jsonl"

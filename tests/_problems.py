@@ -3,7 +3,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from saferegx.ops.reference import safety_loss_reference
+from saferegx.ops.unfused import safety_loss_unfused
 
 
 @dataclass
@@ -59,7 +59,7 @@ def run(fn, p: Problem, *, grad_weight=True, backend=None):
 
 def oracle(p: Problem, grad_weight=True):
     """The float64 unfused reference on the same (already rounded) inputs."""
-    return run(safety_loss_reference, p.to(torch.float64), grad_weight=grad_weight)
+    return run(safety_loss_unfused, p.to(torch.float64), grad_weight=grad_weight)
 
 
 def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:

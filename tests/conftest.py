@@ -7,6 +7,11 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# Triton binds its interpreter or its compiler when a kernel is decorated, i.e. when
+# saferegx.ops.triton is first imported, by whichever test does it first: on this CPU-only suite
+# without a GPU it must always be the interpreter (auto never picks it: registry.auto_candidates).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture

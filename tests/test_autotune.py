@@ -1,10 +1,11 @@
 """backend="auto"'s measured pick (saferegx.ops.autotune), exercised on CPU.
 
 On CUDA auto times `triton` against `cuda`; here the real candidates are the C++ `cpu` kernel
-and the unfused `reference`, timed by perf_counter with the API's own run_fn (forward + backward
+and the `unfused` one, timed by perf_counter with the API's own run_fn (forward + backward
 on the caller's inputs). CPU auto itself never measures: it is always `cpu`.
 """
 import collections
+import time
 
 import pytest
 import torch
@@ -16,13 +17,12 @@ from saferegx.ops import api, autotune
 pytestmark = pytest.mark.skipif("cpu" not in saferegx.available_backends(),
                                 reason="C++ extension not built")
 
-CANDIDATES = ["cpu", "reference"]
+CANDIDATES = ["cpu", "unfused"]
 
 
 @pytest.fixture(autouse=True)
 def fresh_cache(monkeypatch):
     monkeypatch.delenv(autotune.ENV, raising=False)
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     autotune.clear()
     yield
     autotune.clear()
@@ -50,14 +50,15 @@ def step(n, d=19, v=1031, grads=True):
     return Counting(api._timing_run(hidden, weight, args, grads)), key, hidden, weight
 
 
-def test_picks_the_fused_kernel_where_it_is_clearly_faster(seed):
-    # N=512: at one thread the C++ kernel takes ~0.5x the reference's forward + backward time
-    # (only ~0.7x at N=256, too thin a margin on a loaded 2-core machine)
-    run_fn, key, hidden, weight = step(512, d=64, v=4096)
+def test_picks_the_candidate_with_the_lower_median(seed):
+    # The API's real run_fn for both, with 0.2 s added to one: a margin no load on a shared
+    # machine can close (the op itself takes ~1 ms here), so the test checks the pick, not speed.
+    real, key, hidden, weight = step(64)
+    run_fn = Counting(lambda name: (real(name), time.sleep(0.2 if name == "unfused" else 0)))
     assert autotune.pick(CANDIDATES, run_fn, key, repeats=5) == "cpu"
-    assert run_fn.calls == {"cpu": 6, "reference": 6}  # one warmup + 5 timed each
+    assert run_fn.calls == {"cpu": 6, "unfused": 6}  # one warmup + 5 timed each
     choice = autotune.choices()[key]
-    assert choice.backend == "cpu" and choice.seconds["cpu"] < choice.seconds["reference"]
+    assert choice.backend == "cpu" and choice.seconds["cpu"] < choice.seconds["unfused"]
     assert hidden.grad is None and weight.grad is None  # timing leaves the caller's .grad alone
 
 
@@ -106,8 +107,8 @@ def test_api_tune_builds_the_key_from_the_call(seed):
 
 def test_env_override_forces_the_pick(seed, monkeypatch):
     run_fn, key, _, _ = step(17)
-    monkeypatch.setenv(autotune.ENV, "reference")
-    assert autotune.pick(CANDIDATES, run_fn, key) == "reference"
+    monkeypatch.setenv(autotune.ENV, "unfused")
+    assert autotune.pick(CANDIDATES, run_fn, key) == "unfused"
     assert not run_fn.calls and not autotune.choices()
     monkeypatch.setenv(autotune.ENV, "triton")
     with pytest.raises(ValueError, match=autotune.ENV):
@@ -116,25 +117,25 @@ def test_env_override_forces_the_pick(seed, monkeypatch):
 
 def test_env_override_applies_to_auto_calls(seed, monkeypatch):
     p = make_problem().to(torch.float32)
-    monkeypatch.setenv(autotune.ENV, "reference")
+    monkeypatch.setenv(autotune.ENV, "unfused")
     auto = run(saferegx.safety_loss, p)
     assert all(torch.equal(a, r) for a, r in zip(auto, run(saferegx.safety_loss, p,
-                                                           backend="reference")))
-    monkeypatch.setenv(autotune.ENV, "triton")  # not available for CPU tensors here
-    with pytest.raises(RuntimeError, match="not available"):
+                                                           backend="unfused")))
+    monkeypatch.setenv(autotune.ENV, "cuda")  # not for CPU tensors
+    with pytest.raises(ValueError, match="needs cuda tensors"):
         run(saferegx.safety_loss, p)
     monkeypatch.setenv(autotune.ENV, "fastest")
     with pytest.raises(ValueError, match=autotune.ENV):
         run(saferegx.safety_loss, p)
 
 
-def test_auto_on_cpu_is_the_cpu_kernel_unmeasured_and_matches_the_reference(seed):
+def test_auto_on_cpu_is_the_cpu_kernel_unmeasured_and_matches_the_unfused_op(seed):
     p = make_problem(ref="separate").to(torch.float32)
     auto = run(saferegx.safety_loss, p)
     assert all(torch.equal(a, c) for a, c in zip(auto, run(saferegx.safety_loss, p,
                                                            backend="cpu")))
     assert_close(auto, oracle(p), 1e-5, "auto")
-    assert_close(auto, run(saferegx.safety_loss, p, backend="reference"), 1e-5, "auto")
+    assert_close(auto, run(saferegx.safety_loss, p, backend="unfused"), 1e-5, "auto")
     assert autotune.choices() == {}
 
 
@@ -142,15 +143,15 @@ def test_a_failing_candidate_loses_with_a_warning(seed):
     run_fn, key, _, _ = step(17)
 
     def broken(name):
-        if name == "reference":
+        if name == "unfused":
             raise MemoryError("pretend out of memory")
         return run_fn(name)
 
     with pytest.warns(RuntimeWarning, match="pretend out of memory"):
         assert autotune.pick(CANDIDATES, broken, key) == "cpu"
-    assert autotune.choices()[key].seconds["reference"] == float("inf")
+    assert autotune.choices()[key].seconds["unfused"] == float("inf")
     with pytest.raises(MemoryError), pytest.warns(RuntimeWarning):
-        autotune.pick(["reference"] * 2, broken, key._replace(d=1))
+        autotune.pick(["unfused"] * 2, broken, key._replace(d=1))
 
 
 def test_nothing_is_measured_on_fake_tensors():

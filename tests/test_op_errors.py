@@ -52,7 +52,7 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize("backend", ["cpu", "reference"])
+@pytest.mark.parametrize("backend", ["cpu", "unfused"])
 @pytest.mark.parametrize("case,over,exc,name", BAD, ids=[c[0] for c in BAD])
 def test_bad_input_is_refused_with_its_name(case, over, exc, name, backend):
     over = dict(over)

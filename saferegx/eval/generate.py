@@ -12,7 +12,7 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from ..risk.probe import format_prompt
+from ..lm import format_prompt
 
 
 def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 64,

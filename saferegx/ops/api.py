@@ -4,10 +4,8 @@ from typing import NamedTuple
 
 import torch
 
-from . import autotune, library
-from .reference import safety_loss_reference
-
-BACKENDS = ("auto", "reference", "cpu", "triton", "cuda")
+from . import autotune, library, registry
+from .unfused import safety_loss_unfused
 
 
 class SafetyLoss(NamedTuple):
@@ -39,7 +37,9 @@ def safety_loss(
     the reverse for ``kl="reverse"``; ``g = ref_hidden`` (None: no KL term), ``W_ref = ref_weight``
     (None: the same head). Reduced by ``mean`` over non-ignored rows, ``sum``, or ``none``.
     Gradients flow to ``hidden`` and ``weight``; the reference and per-row weights are constants.
-    The fused backends never hold the [N, V] logits; ``reference`` does (it is the baseline).
+    ``backend``: ``auto`` (the fused kernel for the tensors' device, measured on CUDA), ``cpu``
+    (C++), ``triton``, ``cuda`` or ``unfused`` (plain PyTorch: it holds the [N, V] logits, the
+    baseline); see ``saferegx.ops.registry``.
     """
     _check(hidden, weight, labels, ref_hidden, ce_weight, kl_weight, ref_weight, kl, ignore_index,
            reduction, backend)
@@ -54,13 +54,14 @@ def safety_loss(
 def _compute(name, hidden, weight, labels, ref_hidden, ce_weight, kl_weight, ref_head, kl,
              ignore_index, reduction) -> SafetyLoss:
     """The op on checked arguments with `name` a concrete backend; constants already detached."""
-    if name == "reference":
-        return SafetyLoss(*safety_loss_reference(
+    backend = registry.get(name)
+    if not backend.fused:
+        return SafetyLoss(*safety_loss_unfused(
             hidden, weight, labels, ref_hidden, ce_weight=ce_weight, kl_weight=kl_weight,
             ref_weight=ref_head, kl=kl, ignore_index=ignore_index, reduction=reduction))
     scalar = reduction != "none"
     grad_on = torch.is_grad_enabled()
-    out = _fused_op(name)(
+    out = backend.loss_op()(
         hidden, weight, labels, ref_hidden, ref_head, ce_weight, kl_weight, library.KL_MODES[kl],
         ignore_index, library.REDUCTIONS[reduction], scalar and grad_on and hidden.requires_grad,
         scalar and grad_on and weight.requires_grad)
@@ -98,73 +99,50 @@ def _timing_run(hidden: torch.Tensor, weight: torch.Tensor, args: tuple, grads: 
 
 def available_backends(device: torch.device | str = "cpu") -> list[str]:
     """The backends that can run on tensors of `device` here."""
-    device = torch.device(device)
-    names = ["reference"]
-    if device.type == "cpu" and library.CPP_AVAILABLE:
-        names.append("cpu")
-    if _triton_ok(device):
-        names.append("triton")
-    if (device.type == "cuda" and library.CPP_AVAILABLE
-            and torch._C._dispatch_has_kernel_for_dispatch_key("saferegx::safety_loss_fwd", "CUDA")):
-        names.append("cuda")
-    return names
+    return registry.available(device)
 
 
 def _choose_backend(backend: str, hidden: torch.Tensor, tune=None) -> str:
-    """The concrete backend for `backend`. auto: SAFEREGX_AUTO_BACKEND if set; `cpu` on CPU; on
-    CUDA the measured fastest of `triton`/`cuda` via `tune(candidates)` (autotune.pick), or
-    `triton` where nothing can be measured (torch.compile tracing, fake tensors)."""
+    """The concrete backend for `backend`. auto: SAFEREGX_AUTO_BACKEND if set; else the fused
+    candidate for the device (registry.auto_candidates), the measured fastest where there are
+    several (`tune(candidates)`, autotune.pick), the static default where nothing can be measured
+    (torch.compile tracing, fake tensors); `unfused` where none is built."""
     device = hidden.device
     if backend == "auto":
         forced = autotune.forced()
         if forced is None:
-            if device.type == "cpu":
-                return "cpu" if library.CPP_AVAILABLE else "reference"
-            if tune is None or not autotune.can_measure(hidden):
-                return "triton" if _triton_ok(device) else "reference"
-            candidates = [n for n in available_backends(device) if n in autotune.FUSED_GPU]
+            candidates = registry.auto_candidates(device)
             if len(candidates) <= 1:
-                return candidates[0] if candidates else "reference"
+                return candidates[0] if candidates else "unfused"
+            if tune is None or not autotune.can_measure(hidden):
+                return autotune.static_default(candidates)
             return tune(candidates)
-        if forced not in BACKENDS or forced == "auto":
-            raise ValueError(f"{autotune.ENV} must be one of {BACKENDS[1:]}, got {forced!r}")
+        if forced == "auto":
+            raise ValueError(f"{autotune.ENV} must name a backend, one of {registry.NAMES}")
+        try:
+            registry.get(forced)
+        except ValueError as e:
+            raise ValueError(f"{autotune.ENV}: {e}") from None
         backend = forced
-    if backend == "cpu":
-        if device.type != "cpu":
-            raise ValueError(f"backend='cpu' needs CPU tensors; hidden is on {device}")
-        if not library.CPP_AVAILABLE:
-            from .. import _ext
+    chosen = registry.get(backend)
+    if chosen.ready(device):
+        return backend
+    if chosen.devices and device.type not in chosen.devices:
+        raise ValueError(f"backend={backend!r} needs {' or '.join(chosen.devices)} tensors; "
+                         f"hidden is on {device}")
+    why = ""
+    if not library.CPP_AVAILABLE:
+        from .. import _ext
 
-            raise RuntimeError(f"backend='cpu': the C++ extension is unavailable ({_ext.load_error()})")
-    if backend in ("triton", "cuda") and backend not in available_backends(device):
-        raise RuntimeError(f"backend={backend!r} is not available for tensors on {device} here")
-    return backend
-
-
-def _triton_ok(device: torch.device) -> bool:
-    """Triton runs on CUDA tensors, and on CPU tensors under TRITON_INTERPRET=1 (tests only)."""
-    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-        return False
-    try:
-        from . import triton as _  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def _fused_op(name: str):
-    if name in ("cpu", "cuda"):  # the C++ op; the dispatcher picks the CPU or CUDA kernel
-        return torch.ops.saferegx.safety_loss_fwd
-    from . import triton as triton_backend
-
-    return triton_backend.safety_loss_fwd
+        why = f" (the C++ extension did not load: {_ext.load_error()})"
+    raise RuntimeError(f"backend={backend!r} is not available for tensors on {device} here{why}")
 
 
 def _check(hidden, weight, labels, ref_hidden, ce_weight, kl_weight, ref_weight, kl, ignore_index,
            reduction, backend) -> None:
     """Raises TypeError/ValueError naming the bad argument; never lets garbage reach a kernel."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend != "auto":
+        registry.get(backend)  # ValueError naming the choices
     if kl not in library.KL_MODES:
         raise ValueError(f"kl must be 'forward' or 'reverse', got {kl!r}")
     if reduction not in library.REDUCTIONS:

@@ -20,8 +20,8 @@ from typing import Callable, Iterable, NamedTuple
 import torch
 
 ENV = "SAFEREGX_AUTO_BACKEND"
-FUSED_GPU = ("triton", "cuda")  # the candidates auto measures against each other on CUDA
-STATIC_DEFAULT = "triton"  # where nothing can be measured (torch.compile tracing, graph capture)
+STATIC_DEFAULT = "triton"  # where nothing can be measured (torch.compile tracing, graph capture);
+# the candidates are registry.auto_candidates(device): the fused backends built for it
 REPEATS = 3
 
 

@@ -6,8 +6,7 @@ prompt), read from the frozen reference forward. The result is fp32 and carries 
 """
 import torch
 
-from ..risk.probe import probe_risk_reference
-from . import library
+from . import library, registry
 
 
 def probe_risk(acts: torch.Tensor, positions: torch.Tensor, probe_weight: torch.Tensor,
@@ -15,39 +14,27 @@ def probe_risk(acts: torch.Tensor, positions: torch.Tensor, probe_weight: torch.
     """Per-sequence risk in [0, 1], ``[B]`` fp32, detached.
 
     ``acts [B, T, D]`` (any float dtype, any strides), ``positions [B]`` integer token indices,
-    ``probe_weight [D]``, ``probe_bias`` a float or one-element tensor. ``backend``: ``"auto"``,
-    ``"cpu"`` (C++), ``"triton"``, ``"reference"`` (plain PyTorch).
+    ``probe_weight [D]``, ``probe_bias`` a float or one-element tensor. ``backend``: ``"auto"``
+    (the device's fused backend with a probe kernel: C++ on CPU, Triton on CUDA), ``"cpu"``,
+    ``"triton"`` or ``"unfused"`` (plain PyTorch).
     """
     bias = _check(acts, positions, probe_weight, probe_bias, backend)
     acts, weight = acts.detach(), probe_weight.detach()
     if backend == "auto":
-        backend = "cpu" if acts.device.type == "cpu" and library.CPP_AVAILABLE else (
-            "triton" if acts.device.type == "cuda" and _triton_op() is not None else "reference")
-    if backend == "reference":
-        return probe_risk_reference(acts, positions, weight, bias)
-    if backend == "cpu":
-        if acts.device.type != "cpu" or not library.CPP_AVAILABLE:
-            raise ValueError(f"backend='cpu' needs CPU tensors and the C++ extension (acts on {acts.device})")
-        return torch.ops.saferegx.probe_risk(acts, positions, weight, bias)
-    op = _triton_op()
-    if op is None:
-        raise RuntimeError("backend='triton': triton is not installed")
-    return op(acts, positions, weight, bias)
-
-
-def _triton_op():
-    """The Triton op, imported on first use (Triton binds interpreter or compiler at import)."""
-    try:
-        from .probe_triton import probe_risk_triton
-    except ImportError:
-        return None
-    return probe_risk_triton
+        candidates = registry.auto_candidates(acts.device, probe=True)
+        backend = candidates[0] if candidates else "unfused"
+    chosen = registry.get(backend)
+    if chosen.probe_op is None:
+        raise ValueError(f"backend={backend!r} has no probe_risk kernel; use auto, cpu, triton or unfused")
+    if not chosen.ready(acts.device):
+        raise ValueError(f"backend={backend!r} is not available for acts on {acts.device} here")
+    return chosen.probe_op()(acts, positions, weight, bias)
 
 
 def _check(acts, positions, weight, bias, backend) -> torch.Tensor:
     """Validates the arguments; returns the bias as a one-element tensor on acts' device."""
-    if backend not in ("auto", "cpu", "triton", "reference"):
-        raise ValueError(f"backend must be 'auto', 'cpu', 'triton' or 'reference', got {backend!r}")
+    if backend != "auto":
+        registry.get(backend)  # ValueError naming the choices
     if not isinstance(acts, torch.Tensor) or not acts.is_floating_point() or acts.dim() != 3:
         raise ValueError("acts must be a float tensor [B, T, D]")
     b, t, d = acts.shape

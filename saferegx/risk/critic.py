@@ -24,7 +24,7 @@ import torch
 from ..data.wheels import cache_dir, extract_tree, fetch_wheel
 from .logistic import fit_logistic, platt
 from .metrics import auroc
-from .probe import format_prompt, pad_right
+from ..lm import format_prompt, pad_right
 
 Pair = tuple[str, str | None]
 

@@ -8,40 +8,21 @@ pickle) and refuses to apply it to a model it was not fitted on.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
-from ..data.models import model_name as _model_name
+from .. import lm
+from ..lm import decoder_layers, format_prompt, last_positions, pad_right
 from .logistic import fit_logistic, platt
 from .metrics import auroc
 
 POOLS = ("last", "mean")
-_LAYER_PATHS = ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers",
-                "transformer.blocks", "layers")
-
-
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The decoder blocks of a causal LM (Llama/Qwen2/Mistral, GPT-2, GPT-NeoX, PEFT-wrapped)."""
-    if hasattr(model, "get_base_model"):  # peft.PeftModel
-        model = model.get_base_model()
-    for path in _LAYER_PATHS:
-        obj = model
-        for attr in path.split("."):
-            obj = getattr(obj, attr, None)
-        if isinstance(obj, nn.ModuleList) and len(obj) > 0:
-            return obj
-    raise ValueError(f"cannot find the decoder layers of {type(model).__name__}: "
-                     f"none of {', '.join(_LAYER_PATHS)} is a ModuleList")
-
-
-def last_positions(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Index ``[B]`` of the last attended token of each row, for left or right padding."""
-    t = torch.arange(attention_mask.shape[1], device=attention_mask.device)
-    return (attention_mask.bool() * t).argmax(-1)
 
 
 def pool_hidden(hidden: torch.Tensor, attention_mask: torch.Tensor, pool: str) -> torch.Tensor:
@@ -93,34 +74,15 @@ def pooled_hidden(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
     return stacked[pool] if isinstance(pool, str) else stacked
 
 
-def format_prompt(tokenizer, prompt: str, chat_template: bool = True) -> list[int]:
-    """Token ids of a prompt as the model sees it before answering (chat template if it has one)."""
-    if chat_template and getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                             add_generation_prompt=True)
-        return tokenizer(text, add_special_tokens=False)["input_ids"]
-    return tokenizer(prompt)["input_ids"]
-
-
-def pad_right(seqs: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded ``(input_ids, attention_mask)``, both ``[B, T]`` int64."""
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for k, s in enumerate(seqs):
-        ids[k, : len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[k, : len(s)] = 1
-    return ids, mask
-
-
 def prompt_activations(model, tokenizer, prompts: Sequence[str], layers: Sequence[int] | None = None,
                        pool: str | tuple[str, ...] = "last", batch_size: int = 16,
-                       max_length: int = 128, chat_template: bool = True):
+                       max_length: int = 128, chat_template: bool = True, progress: bool = False):
     """Pooled hidden states ``[len(layers), N, D]`` of prompts (all layers by default); with a
     tuple of pools, ``{pool: [len(layers), N, D]}`` from the same forward passes.
 
     Prompts longer than ``max_length`` tokens keep their end, where the last prompt token is.
     Batches group prompts of similar length so that little compute goes to padding.
+    ``progress``: a tqdm bar on stderr.
     """
     layers = list(range(len(decoder_layers(model)))) if layers is None else list(layers)
     seqs = [format_prompt(tokenizer, p, chat_template)[-max_length:] for p in prompts]
@@ -129,26 +91,16 @@ def prompt_activations(model, tokenizer, prompts: Sequence[str], layers: Sequenc
     device = next(model.parameters()).device
     pools = (pool,) if isinstance(pool, str) else tuple(pool)
     out = {p: torch.empty(len(layers), len(seqs), model.config.hidden_size) for p in pools}
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        ids, mask = pad_right([seqs[k] for k in idx], pad_id)
-        got = pooled_hidden(model, ids.to(device), mask.to(device), layers, pools)
-        for p in pools:
-            out[p][:, idx] = got[p].cpu()
+    with tqdm(total=len(seqs), desc="activations", unit="prompt", file=sys.stderr,
+              disable=not progress) as bar:
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            ids, mask = pad_right([seqs[k] for k in idx], pad_id)
+            got = pooled_hidden(model, ids.to(device), mask.to(device), layers, pools)
+            for p in pools:
+                out[p][:, idx] = got[p].cpu()
+            bar.update(len(idx))
     return out[pool] if isinstance(pool, str) else out
-
-
-def probe_risk_reference(acts: torch.Tensor, positions: torch.Tensor, weight: torch.Tensor,
-                         bias: torch.Tensor | float) -> torch.Tensor:
-    """Plain-torch probe read: ``sigmoid(acts[b, positions[b]] @ weight + bias)``, ``[B]`` fp32.
-
-    ``acts`` is ``[B, T, D]`` hidden states and ``positions`` ``[B]`` int64 the pooled token of
-    each row. The oracle for the fused ``probe_risk`` op.
-    """
-    rows = torch.arange(acts.shape[0], device=acts.device)
-    a = acts[rows, positions].float()
-    bias = torch.as_tensor(bias, dtype=torch.float32, device=acts.device)
-    return torch.sigmoid(a @ weight.float() + bias)
 
 
 @dataclass
@@ -178,7 +130,7 @@ class Probe:
 
     def check(self, model) -> None:
         """Raise ``ValueError`` unless ``model`` is the model this probe was fitted on."""
-        self._check(_model_name(model), model.config.hidden_size, len(decoder_layers(model)))
+        self._check(lm.model_name(model), model.config.hidden_size, len(decoder_layers(model)))
 
     def _check(self, name: str | None, hidden_size: int | None, num_layers: int | None) -> None:
         if name is not None and name != self.model_name:

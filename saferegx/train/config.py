@@ -11,6 +11,8 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..ops import registry
+
 RISK_SOURCES = ("probe", "critic", "fixed", "none")
 REFERENCE_PRECISIONS = ("auto", "bf16", "fp32")  # of the frozen reference pass (see model.reference_in_bf16)
 DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -52,7 +54,7 @@ class TrainConfig:
     momentum: float = 0.0                # EMA of the batch risk (batch mode)
     alpha: str = "clamp"                 # clamp | complement | one
     kl: str = "forward"                  # forward (paper's code) | reverse
-    backend: str = "auto"                # fused-op backend
+    backend: str = "auto"                # of the loss op: auto | cpu | triton | cuda | unfused
     reference_cache_mb: float = 2048.0   # reuse reference hidden states/risk after epoch 1; 0 = off
     reference_precision: str = "auto"    # auto (bf16 where the hardware has bf16 matmuls) | bf16 | fp32
     # machinery
@@ -146,7 +148,7 @@ def _check_values(cfg: TrainConfig) -> None:
     need(len(cfg.data) > 0, "data", "must name at least one JSONL file")
     choices = {"finetune": ("lora", "full"), "risk": RISK_SOURCES, "schedule_mode": ("batch", "sequence"),
                "alpha": ("clamp", "complement", "one"), "kl": ("forward", "reverse"),
-               "backend": ("auto", "reference", "cpu", "triton", "cuda"),
+               "backend": registry.CHOICES,
                "distributed": ("auto", "ddp", "fsdp", "none"),
                "reference_precision": REFERENCE_PRECISIONS}
     for key, allowed in choices.items():

@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..risk.probe import decoder_layers
+from ..lm import decoder_layers
 from .config import TrainConfig
 from .model import PolicyForward
 

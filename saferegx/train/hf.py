@@ -17,12 +17,13 @@ import dataclasses
 import torch
 from transformers import Trainer
 
-from .. import safety_loss
+from ..lm import lm_head
+from ..loss import response_rows, risk_weighted_loss
 from ..risk.critic import SafetyCritic
 from ..risk.probe import Probe
 from ..risk.schedule import RiskSchedule
-from .batches import IGNORE_INDEX, Batch, collate
-from .model import lm_head, reference_in_bf16, reference_pass
+from .batches import Batch, collate
+from .model import reference_in_bf16, reference_pass
 from .signals import RiskSource
 
 _BATCH_FIELDS = [f.name for f in dataclasses.fields(Batch)]
@@ -86,17 +87,13 @@ class SafetyTrainer(Trainer):
         out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                     logits_to_keep=1, output_hidden_states=True, use_cache=False)
         hidden = out.hidden_states[-1]  # final norm applied, LM head not
-        head = lm_head(policy).weight
-        rows = batch.labels != IGNORE_INDEX
-        seq = rows.nonzero()[:, 0]
-        res = safety_loss(
-            hidden[rows].to(head.dtype), head, batch.labels[rows],
-            None if ref_hidden is None else ref_hidden[rows].to(head.dtype),
-            ce_weight=None if alpha is None else alpha[seq],
-            kl_weight=None if beta is None else beta[seq],
+        rows, labels, seq = response_rows(hidden, batch.labels)
+        res = risk_weighted_loss(
+            rows, lm_head(policy).weight, labels,
+            None if ref_hidden is None else response_rows(ref_hidden, batch.labels)[0], seq, alpha, beta,
             ref_weight=None if self.ref_model is None else lm_head(self.ref_model).weight,
             kl=self.kl, reduction="sum", backend=self.backend)
-        n = num_items_in_batch if num_items_in_batch is not None else rows.sum()
+        n = num_items_in_batch if num_items_in_batch is not None else labels.numel()
         loss = res.loss / n
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes  # DDP averages gradients over processes

@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .. import safety_loss
+from ..lm import lm_head
+from ..loss import response_rows, risk_weighted_loss
 from ..risk.critic import EmbeddingCritic, SafetyCritic, default_critic
 from ..risk.probe import Probe
 from ..risk.schedule import RiskSchedule
@@ -33,7 +34,7 @@ from . import checkpoint, distributed
 from .batches import IGNORE_INDEX, DataOrder, collate, load_examples
 from .config import TrainConfig
 from .metrics import MetricsLog
-from .model import lm_head, prepare, reference_in_bf16, reference_pass
+from .model import prepare, reference_in_bf16, reference_pass
 from .reference_cache import ReferenceCache
 from .signals import RiskSource
 
@@ -172,17 +173,15 @@ def train(cfg: TrainConfig, *, model=None, tokenizer=None, critic: SafetyCritic 
                 with distributed.gradient_sync(policy, k == len(micro) - 1):
                     with autocast():
                         hidden, head = policy(batch.input_ids, batch.attention_mask)
-                    rows = batch.labels != IGNORE_INDEX
-                    seq = rows.nonzero()[:, 0] + sum(sizes[:k])  # row -> sequence of the step
-                    res = safety_loss(
-                        hidden[rows].to(head.dtype), head, batch.labels[rows],
-                        None if ref_rows is None else ref_rows.to(head.dtype),
-                        ce_weight=None if alpha is None else alpha[seq],
-                        kl_weight=None if beta is None else beta[seq],
+                    rows, labels, seq = response_rows(hidden, batch.labels)
+                    mine = slice(sum(sizes[:k]), sum(sizes[:k + 1]))  # its sequences in the step
+                    res = risk_weighted_loss(
+                        rows, head, labels, ref_rows, seq,
+                        None if alpha is None else alpha[mine], None if beta is None else beta[mine],
                         ref_weight=ref_head, kl=cfg.kl, reduction="sum", backend=cfg.backend)
                     # DDP and FSDP average gradients over processes: * world makes that the sum
                     (res.loss * world / n_tokens).backward()
-                sums += torch.stack([res.loss.detach(), res.ce.sum(), res.kl.sum()]).double().cpu()
+                sums += res.totals()
             loss, ce, kl = (distributed.all_reduce_sum(sums) / n_tokens).tolist()
             if not math.isfinite(loss):
                 raise NonFiniteLossError(

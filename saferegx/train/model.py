@@ -15,7 +15,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..risk.probe import decoder_layers
+from ..lm import decoder_layers, lm_head, unwrap
 from .batches import Batch
 from .config import REFERENCE_PRECISIONS, TrainConfig
 
@@ -47,15 +47,6 @@ def prepare(model: nn.Module, cfg: TrainConfig) -> tuple[nn.Module, nn.Module | 
     if cfg.risk in ("probe", "critic", "fixed"):
         reference = copy.deepcopy(model).eval().requires_grad_(False)
     return model, reference
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The transformers model under a PEFT wrapper (LoRA layers stay injected in it)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def lm_head(model: nn.Module) -> nn.Module:
-    return unwrap(model).get_output_embeddings()
 
 
 def final_hidden(model: nn.Module, batch: Batch) -> torch.Tensor:

@@ -1,7 +1,9 @@
 import pytest
 import torch
 
-from saferegx.data.models import DEFAULT_MODEL, default_model_path, load_model, model_name, tiny_llama
+from _models import tiny_llama
+from saferegx.data.models import DEFAULT_MODEL, default_model_path, load_model
+from saferegx.lm import model_name
 
 
 def test_tiny_llama_is_small_and_deterministic():

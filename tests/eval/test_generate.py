@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from saferegx.data.models import default_model_path, tiny_llama
+from _models import tiny_llama
+from saferegx.data.models import default_model_path
 from saferegx.eval.generate import generate, generate_ids
 
 PROMPTS = ["What is 2 + 2?", "Write a haiku about the sea, please, in English.", "Hi",

@@ -1,11 +1,12 @@
 import pytest
 import torch
 
-from saferegx.data.models import tiny_llama
+from _models import tiny_llama
 from saferegx.data.prompts import split_indices
 from saferegx.risk.metrics import auroc
-from saferegx.risk.probe import (Probe, decoder_layers, fit_probe, last_positions, pool_hidden,
-                                 pooled_hidden, probe_risk_reference)
+from saferegx.lm import decoder_layers, last_positions
+from saferegx.ops.unfused import probe_risk_unfused
+from saferegx.risk.probe import Probe, fit_probe, pool_hidden, pooled_hidden
 
 
 def synthetic_tokens(n=400, t=12, seed=0):
@@ -136,12 +137,12 @@ def test_load_refuses_foreign_safetensors(tmp_path):
         Probe.load(tmp_path / "x.safetensors")
 
 
-def test_probe_risk_reference_matches_the_probe():
+def test_probe_risk_unfused_matches_the_probe():
     probe = make_probe(hidden=16)
     acts = torch.randn(3, 6, 16, dtype=torch.bfloat16)
     mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1] * 6, [1, 1, 0, 0, 0, 0]])
     pos = last_positions(mask)
-    ref = probe_risk_reference(acts, pos, probe.weight, torch.tensor(probe.bias))
+    ref = probe_risk_unfused(acts, pos, probe.weight, torch.tensor(probe.bias))
     assert ref.dtype == torch.float32 and ref.shape == (3,)
     torch.testing.assert_close(ref, probe.risk(pool_hidden(acts, mask, "last")))
     manual = torch.sigmoid(acts[[0, 1, 2], [3, 5, 1]].float() @ probe.weight + probe.bias)
@@ -150,9 +151,11 @@ def test_probe_risk_reference_matches_the_probe():
 
 @pytest.mark.slow
 def test_probe_reads_prompts_on_the_real_model():
-    from saferegx.data.models import load_model, model_name
+    from saferegx.data.models import load_model
+    from saferegx.lm import model_name
     from saferegx.data.prompts import benign_prompts, harmful_prompts
-    from saferegx.risk.probe import format_prompt, prompt_activations
+    from saferegx.lm import format_prompt
+    from saferegx.risk.probe import prompt_activations
 
     model, tokenizer = load_model()
     ids = format_prompt(tokenizer, "Hello")

@@ -37,7 +37,8 @@ def models(tmp_path_factory):
     ``renamed`` (same shape as ``tiny``, another name)."""
     from transformers import AutoTokenizer
 
-    from saferegx.data.models import default_model_path, tiny_llama
+    from _models import tiny_llama
+    from saferegx.data.models import default_model_path
 
     root = tmp_path_factory.mktemp("models")
     tokenizer = AutoTokenizer.from_pretrained(default_model_path())
@@ -106,7 +107,7 @@ def test_fit_fixed_layer_and_mean_pool(models, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("args, message", [
-    (("--layer", 4), "--layer 4 out of range: the model has 4 layers"),
+    (("--layer", 4), "layer 4 out of range: the model has 4 layers"),
     (("--layer", "middle"), "--layer must be an integer or 'auto'"),
     (("--max-prompts", 4), "not both classes"),
 ])
@@ -123,7 +124,7 @@ def test_eval_agrees_with_the_fit_on_its_test_split(models, fitted, tmp_path):
     """The test split written to files and scored by `eval` gives the AUROC `fit` reported:
     labels, probe file and activation read are wired the same way on both sides."""
     from saferegx.data import default_split
-    from saferegx.risk.probe_cli import subsample
+    from saferegx.risk.probe_fit import subsample
 
     result, path = fitted
     texts, labels, splits = default_split(0)

@@ -39,7 +39,7 @@ def tokenizer():
 @pytest.fixture
 def make_model(tokenizer):
     """A fresh tiny Llama over the real vocabulary; the same seed gives the same weights."""
-    from saferegx.data.models import tiny_llama
+    from _models import tiny_llama
 
     def make(seed: int = 0):
         return tiny_llama(vocab_size=len(tokenizer), hidden_size=32, num_layers=3, seed=seed)

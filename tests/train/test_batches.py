@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from saferegx.risk.probe import format_prompt
+from saferegx.lm import format_prompt
 from saferegx.train.batches import IGNORE_INDEX, DataOrder, collate, encode, load_examples
 
 

@@ -33,7 +33,7 @@ STEPS = 3
 def setup(tmp_path_factory, tokenizer):
     """A tiny model folder, data, probe, and the single-process run every test compares with."""
     from saferegx.cli import main
-    from saferegx.data.models import tiny_llama
+    from _models import tiny_llama
     from saferegx.risk.probe import Probe
 
     root = tmp_path_factory.mktemp("distributed")

@@ -1,12 +1,14 @@
-"""The unfused PyTorch safety loss: materializes [N, V] logits and lets autograd differentiate.
+"""The unfused PyTorch ops: plain torch that materializes what the fused kernels never hold.
 
-It is the baseline the fused backends are measured against and, run in float64, the test oracle.
+``safety_loss_unfused`` forms the [N, V] logits and lets autograd differentiate: the baseline the
+fused backends are measured against and, run in float64, the test oracle. ``probe_risk_unfused``
+is the probe read in plain torch, the oracle of the ``probe_risk`` kernels.
 """
 import torch
 import torch.nn.functional as F
 
 
-def safety_loss_reference(
+def safety_loss_unfused(
     hidden: torch.Tensor,
     weight: torch.Tensor,
     labels: torch.Tensor,
@@ -46,3 +48,12 @@ def safety_loss_reference(
     else:
         loss = rows.sum() / valid.sum().clamp_min(1)
     return loss, ce.detach(), kl_rows.detach()
+
+
+def probe_risk_unfused(acts: torch.Tensor, positions: torch.Tensor, weight: torch.Tensor,
+                       bias: torch.Tensor | float) -> torch.Tensor:
+    """``sigmoid(acts[b, positions[b]] @ weight + bias)``, ``[B]`` fp32, for ``acts [B, T, D]``."""
+    rows = torch.arange(acts.shape[0], device=acts.device)
+    a = acts[rows, positions].float()
+    bias = torch.as_tensor(bias, dtype=torch.float32, device=acts.device)
+    return torch.sigmoid(a @ weight.float() + bias)

