@@ -50,11 +50,14 @@ def risk_weighted_loss(
     *,
     ref_weight: torch.Tensor | None = None,
     kl: str = "forward",
+    kl_gate: float = 0.0,
     ignore_index: int = -100,
     reduction: str = "mean",
     backend: str = "auto",
 ) -> AdaptiveSafetyLoss:
     """``alpha_s * CE + beta_s * KL`` over the loss rows, ``s = seq_index[row]`` its sequence.
+
+    ``kl_gate``: a sequence whose beta is below it trains with beta = 0 exactly (0: off).
 
     ``hidden [N, D]`` policy rows, ``ref_hidden [N, D]`` the reference's rows (None, or
     ``beta=None``: CE only, plain SFT), ``alpha``/``beta [B]`` per sequence (``alpha=None``: 1).
@@ -66,6 +69,8 @@ def risk_weighted_loss(
         raise ValueError(f"seq_index must be an integer tensor [{hidden.shape[0]}] (row -> sequence)")
     seq_index = seq_index.long()
     with_kl = ref_hidden is not None and beta is not None
+    if with_kl and kl_gate > 0:
+        beta = gate(beta, kl_gate)
     out = safety_loss(
         hidden.to(weight.dtype), weight, labels, ref_hidden.to(weight.dtype) if with_kl else None,
         ce_weight=None if alpha is None else alpha[seq_index],
@@ -73,6 +78,11 @@ def risk_weighted_loss(
         ref_weight=ref_weight if with_kl else None, kl=kl, ignore_index=ignore_index,
         reduction=reduction, backend=backend)
     return AdaptiveSafetyLoss(out.loss, out.ce, out.kl, None, alpha, beta if with_kl else None)
+
+
+def gate(beta: torch.Tensor, kl_gate: float) -> torch.Tensor:
+    """``beta`` with the values below ``kl_gate`` set to exactly 0 (their KL term is dropped)."""
+    return torch.where(beta < kl_gate, torch.zeros_like(beta), beta)
 
 
 def adaptive_safety_loss(
