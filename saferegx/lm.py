@@ -5,6 +5,7 @@ way through these helpers, so a new architecture is taught here once.
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Sequence
 
@@ -68,3 +69,45 @@ def last_positions(attention_mask: torch.Tensor) -> torch.Tensor:
     """Index ``[B]`` of the last attended token of each row, for left or right padding."""
     t = torch.arange(attention_mask.shape[1], device=attention_mask.device)
     return (attention_mask.bool() * t).argmax(-1)
+
+
+class _Stop(Exception):
+    """Raised by the deepest tapped block when the layers above it need not run."""
+
+
+@contextlib.contextmanager
+def tap_layers(model: nn.Module, layers: Sequence[int]):
+    """Collects ``{layer: output [B, T, D]}`` of decoder blocks while inside (forward hooks)."""
+    taps: dict[int, torch.Tensor] = {}
+    blocks = decoder_layers(model)
+
+    def hook(i):
+        def fn(_module, _args, output):
+            taps[i] = output[0] if isinstance(output, tuple) else output
+        return fn
+
+    handles = [blocks[i].register_forward_hook(hook(i)) for i in sorted(set(layers))]
+    try:
+        yield taps
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@torch.no_grad()
+def layer_outputs(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                  layers: Sequence[int]) -> dict[int, torch.Tensor]:
+    """``{layer: output [B, T, D]}`` of the given decoder blocks from a forward that stops after
+    the deepest of them: the blocks above it, the final norm and the head never run."""
+    deepest = decoder_layers(model)[max(layers)]
+    with tap_layers(model, layers) as taps:
+        def stop(_module, _args, _output):
+            raise _Stop
+        handle = deepest.register_forward_hook(stop)  # after tap_layers' hook: the tap is kept
+        try:
+            model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        except _Stop:
+            pass
+        finally:
+            handle.remove()
+    return taps

@@ -18,7 +18,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import lm
-from ..lm import decoder_layers, format_prompt, last_positions, pad_right
+from ..lm import decoder_layers, format_prompt, last_positions, layer_outputs, pad_right
+from ..ops import probe_risk
 from .logistic import fit_logistic, platt
 from .metrics import auroc
 
@@ -36,41 +37,16 @@ def pool_hidden(hidden: torch.Tensor, attention_mask: torch.Tensor, pool: str) -
     raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
 
 
-class _Stop(Exception):
-    """Raised by the deepest hook: layers above it need not run."""
-
-
-@torch.no_grad()
 def pooled_hidden(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
                   layers: Sequence[int], pool: str | tuple[str, ...] = "last"):
-    """Pooled outputs ``[len(layers), B, D]`` (fp32) of the given decoder layers, via hooks.
-
-    With a tuple of pools, one forward serves them all: returns ``{pool: [len(layers), B, D]}``.
-    """
+    """Pooled outputs ``[len(layers), B, D]`` (fp32) of the given decoder layers, from a forward
+    that stops at the deepest of them. With a tuple of pools, one forward serves them all:
+    returns ``{pool: [len(layers), B, D]}``."""
     pools = (pool,) if isinstance(pool, str) else tuple(pool)
-    blocks = decoder_layers(model)
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
-    out: dict[int, torch.Tensor] = {}
-    deepest = max(layers)
-
-    def hook(i):
-        def fn(_module, _args, output):
-            hidden = output[0] if isinstance(output, tuple) else output
-            out[i] = {p: pool_hidden(hidden, attention_mask, p) for p in pools}
-            if i == deepest:
-                raise _Stop
-        return fn
-
-    handles = [blocks[i].register_forward_hook(hook(i)) for i in set(layers)]
-    try:
-        model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-    except _Stop:
-        pass
-    finally:
-        for h in handles:
-            h.remove()
-    stacked = {p: torch.stack([out[i][p] for i in layers]) for p in pools}
+    taps = layer_outputs(model, input_ids, attention_mask, layers)
+    stacked = {p: torch.stack([pool_hidden(taps[i], attention_mask, p) for i in layers]) for p in pools}
     return stacked[pool] if isinstance(pool, str) else stacked
 
 
@@ -196,3 +172,21 @@ def fit_probe(acts: torch.Tensor, labels: torch.Tensor, layers: Sequence[int], *
     return Probe(weight=(a * w).float(), bias=float(a * b + c), layers=tuple(cand), pool=pool,
                  model_name=model_name, hidden_size=acts.shape[-1], num_layers=num_layers,
                  auroc=score, data=data, sweep=sweep)
+
+
+def read_probe(probe: Probe, taps: dict[int, torch.Tensor], prompt_pos: torch.Tensor) -> torch.Tensor:
+    """Risk ``[B]`` of each sequence's prompt from decoder-block outputs ``taps`` (``{layer:
+    [B, T, D]}``): ``sigmoid(w . pooled + b)`` over the probe's layer(s) averaged, the prompt
+    ending at ``prompt_pos [B]``.
+
+    ``last`` gathers the last prompt token inside the op; ``mean`` averages the prompt's tokens
+    (not the response's: the risk must be known before the answer) and reads that one row.
+    """
+    acts = torch.stack([taps[i] for i in probe.layers]).mean(0)
+    weight = probe.weight.to(acts.device)
+    if probe.pool == "last":
+        return probe_risk(acts, prompt_pos, weight, probe.bias)
+    t = torch.arange(acts.shape[1], device=acts.device)
+    prompt_mask = (t[None, :] <= prompt_pos[:, None]).long()
+    pooled = pool_hidden(acts, prompt_mask, "mean")[:, None, :]
+    return probe_risk(pooled, torch.zeros_like(prompt_pos), weight, probe.bias)

@@ -15,7 +15,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..lm import decoder_layers, lm_head, unwrap
+from ..lm import lm_head, tap_layers, unwrap
 from .batches import Batch
 from .config import REFERENCE_PRECISIONS, TrainConfig
 
@@ -81,25 +81,6 @@ def _without_ddp(model: nn.Module) -> nn.Module:
     from torch.nn.parallel import DistributedDataParallel
 
     return model.module if isinstance(model, DistributedDataParallel) else model
-
-
-@contextlib.contextmanager
-def tap_layers(model: nn.Module, layers: Sequence[int]):
-    """Collects ``{layer: output [B, T, D]}`` of decoder blocks while inside (forward hooks)."""
-    taps: dict[int, torch.Tensor] = {}
-    blocks = decoder_layers(model)
-
-    def hook(i):
-        def fn(_module, _args, output):
-            taps[i] = output[0] if isinstance(output, tuple) else output
-        return fn
-
-    handles = [blocks[i].register_forward_hook(hook(i)) for i in sorted(set(layers))]
-    try:
-        yield taps
-    finally:
-        for h in handles:
-            h.remove()
 
 
 @torch.no_grad()

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from ..ops.probe import probe_risk
 from ..risk.critic import SafetyCritic
-from ..risk.probe import Probe, pool_hidden
+from ..risk.probe import Probe, read_probe
 from ..risk.schedule import RiskSchedule
 from .batches import Batch
 
@@ -39,7 +38,7 @@ class RiskSource:
         if self.kind in ("fixed", "none"):
             return None
         if self.kind == "probe":
-            risk = read_probe(self.probe, taps, batch)
+            risk = read_probe(self.probe, taps, batch.prompt_pos)
         else:
             risk = self.critic.score(batch.prompts).to(batch.risk.device, torch.float32)
         return torch.where(torch.isnan(batch.risk), risk, batch.risk).detach()
@@ -54,19 +53,3 @@ class RiskSource:
             beta = torch.full((n_seqs,), self.fixed_beta, dtype=torch.float32, device=device)
             return schedule.alpha_of(beta), beta
         return schedule(risk, mean)
-
-
-def read_probe(probe: Probe, taps: dict[int, torch.Tensor], batch: Batch) -> torch.Tensor:
-    """``sigmoid(w . pooled + b)`` of the prompt, from the tapped layer(s) averaged.
-
-    ``last`` gathers the last prompt token inside the op; ``mean`` averages the prompt's tokens
-    (not the response's: the risk must be known before the answer) and reads that one row.
-    """
-    acts = torch.stack([taps[i] for i in probe.layers]).mean(0)
-    weight = probe.weight.to(acts.device)
-    if probe.pool == "last":
-        return probe_risk(acts, batch.prompt_pos, weight, probe.bias)
-    t = torch.arange(acts.shape[1], device=acts.device)
-    prompt_mask = (t[None, :] <= batch.prompt_pos[:, None]).long()
-    pooled = pool_hidden(acts, prompt_mask, "mean")[:, None, :]
-    return probe_risk(pooled, torch.zeros_like(batch.prompt_pos), weight, probe.bias)
