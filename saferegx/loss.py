@@ -57,10 +57,12 @@ def risk_weighted_loss(
 ) -> AdaptiveSafetyLoss:
     """``alpha_s * CE + beta_s * KL`` over the loss rows, ``s = seq_index[row]`` its sequence.
 
-    ``kl_gate``: a sequence whose beta is below it trains with beta = 0 exactly (0: off).
-
     ``hidden [N, D]`` policy rows, ``ref_hidden [N, D]`` the reference's rows (None, or
     ``beta=None``: CE only, plain SFT), ``alpha``/``beta [B]`` per sequence (``alpha=None``: 1).
+    ``kl_gate``: a sequence whose beta is below it trains with beta = 0 exactly, and no reference
+    logits are formed for its rows: the op runs once with the reference on the gated-in rows and
+    once CE-only on the others (the same GEMMs as one call). ``ref_hidden`` may then hold just the
+    gated-in sequences' rows, in row order (the trainer runs the reference on those alone).
     Rows are cast to the head's dtype (an autocast policy pass gives bf16 rows, the head may be
     fp32). With ``reduction="sum"`` the caller divides by its own token count (the whole
     optimizer step's, so that unequal micro-batches are exact).
@@ -69,15 +71,58 @@ def risk_weighted_loss(
         raise ValueError(f"seq_index must be an integer tensor [{hidden.shape[0]}] (row -> sequence)")
     seq_index = seq_index.long()
     with_kl = ref_hidden is not None and beta is not None
-    if with_kl and kl_gate > 0:
+    hidden = hidden.to(weight.dtype)
+    ce_weight = None if alpha is None else alpha[seq_index]
+    common = dict(kl=kl, ignore_index=ignore_index, backend=backend)
+    if not with_kl:
+        out = safety_loss(hidden, weight, labels, ce_weight=ce_weight, reduction=reduction, **common)
+        return AdaptiveSafetyLoss(out.loss, out.ce, out.kl, None, alpha, None)
+    ref_hidden = ref_hidden.to(weight.dtype)
+    if kl_gate > 0:
         beta = gate(beta, kl_gate)
-    out = safety_loss(
-        hidden.to(weight.dtype), weight, labels, ref_hidden.to(weight.dtype) if with_kl else None,
-        ce_weight=None if alpha is None else alpha[seq_index],
-        kl_weight=beta[seq_index] if with_kl else None,
-        ref_weight=ref_weight if with_kl else None, kl=kl, ignore_index=ignore_index,
-        reduction=reduction, backend=backend)
-    return AdaptiveSafetyLoss(out.loss, out.ce, out.kl, None, alpha, beta if with_kl else None)
+        rows_in = (beta >= kl_gate)[seq_index]
+        n_in = int(rows_in.sum())
+        if ref_hidden.shape[0] not in (n_in, hidden.shape[0]):
+            raise ValueError(f"ref_hidden has {ref_hidden.shape[0]} rows: give all {hidden.shape[0]} "
+                             f"rows or the {n_in} rows of the sequences with beta >= kl_gate")
+        if n_in < hidden.shape[0]:
+            if ref_hidden.shape[0] != n_in:
+                ref_hidden = ref_hidden[rows_in]
+            out = _split(hidden, weight, labels, ref_hidden, ce_weight, beta[seq_index], rows_in,
+                         ref_weight, reduction, common)
+            return AdaptiveSafetyLoss(*out, None, alpha, beta)
+    out = safety_loss(hidden, weight, labels, ref_hidden, ce_weight=ce_weight,
+                      kl_weight=beta[seq_index], ref_weight=ref_weight, reduction=reduction, **common)
+    return AdaptiveSafetyLoss(out.loss, out.ce, out.kl, None, alpha, beta)
+
+
+def _split(hidden, weight, labels, ref_hidden, ce_weight, kl_weight, rows_in, ref_weight,
+           reduction, common):
+    """(loss, ce, kl) of a gated batch: the gated-in rows with the reference, the rest CE-only."""
+    rows_out = ~rows_in
+
+    def pick(t, m):
+        return None if t is None else t[m]
+
+    part = "none" if reduction == "none" else "sum"
+    a = safety_loss(hidden[rows_in], weight, labels[rows_in], ref_hidden,
+                    ce_weight=pick(ce_weight, rows_in), kl_weight=kl_weight[rows_in],
+                    ref_weight=ref_weight, reduction=part, **common) if bool(rows_in.any()) else None
+    b = safety_loss(hidden[rows_out], weight, labels[rows_out], ce_weight=pick(ce_weight, rows_out),
+                    reduction=part, **common)
+    ce, kl = b.ce.new_zeros(hidden.shape[0]), b.kl.new_zeros(hidden.shape[0])
+    ce[rows_out], kl[rows_out] = b.ce, b.kl
+    if a is not None:
+        ce[rows_in], kl[rows_in] = a.ce, a.kl
+    if reduction == "none":
+        loss = b.loss.new_zeros(hidden.shape[0]).index_put((rows_out,), b.loss)
+        if a is not None:
+            loss = loss.index_put((rows_in,), a.loss)
+        return loss, ce, kl
+    loss = b.loss if a is None else a.loss + b.loss
+    if reduction == "mean":
+        loss = loss / (labels != common["ignore_index"]).sum().clamp_min(1)
+    return loss, ce, kl
 
 
 def gate(beta: torch.Tensor, kl_gate: float) -> torch.Tensor:

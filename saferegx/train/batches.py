@@ -1,5 +1,9 @@
 """Training data: JSONL examples -> chat-tokenized, right-padded batches in a resumable order.
 
+The files are read as a ``datasets.Dataset`` (Arrow, memory-mapped, cached) after each line is
+checked here, so a bad line is still reported as ``file:line``; ``tokenize`` runs ``encode`` over
+it with ``Dataset.map``, whose cache makes a rerun on the same data and tokenizer skip the work.
+
 An example is ``{"prompt": str, "response": str}`` with an optional ``"risk": float`` in [0, 1]
 (a known per-example risk that overrides the probe or critic for that example). The prompt is
 tokenized as the model sees it before answering (chat template with the generation prompt, the same
@@ -20,8 +24,12 @@ from ..lm import format_prompt
 IGNORE_INDEX = -100
 
 
-def load_examples(paths: str | Path | Sequence[str | Path]) -> list[dict]:
-    """Examples from one or more JSONL files; a bad line raises ValueError naming file and line."""
+def load_examples(paths: str | Path | Sequence[str | Path]):
+    """Examples from one or more JSONL files as a ``datasets.Dataset`` (rows ``{"prompt",
+    "response", "risk"}``, ``risk`` None where not given); a bad line raises ValueError naming
+    file and line."""
+    from datasets import load_dataset
+
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     examples = []
     for path in paths:
@@ -39,7 +47,20 @@ def load_examples(paths: str | Path | Sequence[str | Path]) -> list[dict]:
                 examples.append(_check_example(ex, where))
     if not examples:
         raise ValueError(f"no examples in {', '.join(map(str, paths))}")
-    return examples
+    dataset = load_dataset("json", data_files=[str(p) for p in paths], split="train")
+    if "risk" not in dataset.column_names:
+        dataset = dataset.add_column("risk", [None] * len(dataset))
+    return dataset.select_columns(["prompt", "response", "risk"])
+
+
+def tokenize(dataset, tokenizer, max_length: int):
+    """``dataset`` with ``input_ids`` and ``n_prompt`` (see :func:`encode`) per row, by a cached
+    ``Dataset.map``: the same files, tokenizer and ``max_length`` are tokenized once."""
+    def fn(batch):
+        encoded = [encode(tokenizer, p, r, max_length) for p, r in zip(batch["prompt"], batch["response"])]
+        return {"input_ids": [ids for ids, _ in encoded], "n_prompt": [n for _, n in encoded]}
+
+    return dataset.map(fn, batched=True, desc="tokenize")
 
 
 def _check_example(ex, where: str) -> dict:
@@ -94,6 +115,14 @@ class Batch:
                    ("input_ids", "attention_mask", "labels", "prompt_pos", "risk")}
         return Batch(**tensors, prompts=self.prompts, responses=self.responses)
 
+    def select(self, rows: Sequence[int]) -> "Batch":
+        """The sub-batch of the given sequences (same width: padding is trimmed by nobody)."""
+        index = torch.tensor(list(rows), dtype=torch.long, device=self.input_ids.device)
+        tensors = {k: getattr(self, k)[index] for k in
+                   ("input_ids", "attention_mask", "labels", "prompt_pos", "risk")}
+        return Batch(**tensors, prompts=[self.prompts[i] for i in rows],
+                     responses=[self.responses[i] for i in rows])
+
     @property
     def n_tokens(self) -> int:
         """Rows the loss counts (response tokens)."""
@@ -101,9 +130,10 @@ class Batch:
 
 
 def collate(tokenizer, examples: Sequence[dict], max_length: int) -> Batch:
-    """Tokenize and right-pad examples into a :class:`Batch`."""
+    """Right-pad examples into a :class:`Batch`, tokenizing those that :func:`tokenize` has not."""
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    encoded = [encode(tokenizer, ex["prompt"], ex["response"], max_length) for ex in examples]
+    encoded = [(ex["input_ids"], ex["n_prompt"]) if "input_ids" in ex
+               else encode(tokenizer, ex["prompt"], ex["response"], max_length) for ex in examples]
     width = max(len(ids) for ids, _ in encoded)
     b = len(encoded)
     input_ids = torch.full((b, width), pad_id, dtype=torch.long)
@@ -115,7 +145,8 @@ def collate(tokenizer, examples: Sequence[dict], max_length: int) -> Batch:
         attention_mask[k, : len(ids)] = 1
         labels[k, n_prompt - 1: len(ids) - 1] = seq[n_prompt:]  # label t = token t + 1
     prompt_pos = torch.tensor([n_prompt - 1 for _, n_prompt in encoded], dtype=torch.long)
-    risk = torch.tensor([float(ex.get("risk", math.nan)) for ex in examples], dtype=torch.float32)
+    risk = torch.tensor([math.nan if ex.get("risk") is None else float(ex["risk"]) for ex in examples],
+                        dtype=torch.float32)
     return Batch(input_ids, attention_mask, labels, prompt_pos, risk,
                  [ex["prompt"] for ex in examples], [ex["response"] for ex in examples])
 

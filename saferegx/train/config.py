@@ -54,6 +54,8 @@ class TrainConfig:
     momentum: float = 0.0                # EMA of the batch risk (batch mode)
     alpha: str = "clamp"                 # clamp | complement | one
     kl: str = "forward"                  # forward (paper's code) | reverse
+    kl_gate: float = 0.0                 # beta below it -> 0 and no reference work (0 = off)
+    risk_table: str | None = None        # risk.jsonl from `saferegx audit`, instead of the pre-pass
     backend: str = "auto"                # of the loss op: auto | cpu | triton | cuda | unfused
     reference_cache_mb: float = 2048.0   # reuse reference hidden states/risk after epoch 1; 0 = off
     reference_precision: str = "auto"    # auto (bf16 where the hardware has bf16 matmuls) | bf16 | fp32
@@ -164,11 +166,13 @@ def _check_values(cfg: TrainConfig) -> None:
         need(getattr(cfg, key) >= 0, key, "must be >= 0")
     need(0.0 <= cfg.lora_dropout < 1.0, "lora_dropout", "must be in [0, 1)")
     need(0.0 <= cfg.momentum < 1.0, "momentum", "must be in [0, 1)")
-    for key in ("beta", "beta_min", "beta_max"):
+    for key in ("beta", "beta_min", "beta_max", "kl_gate"):
         need(0.0 <= getattr(cfg, key) <= 1.0, key, "must be in [0, 1]")
     need(cfg.beta_min <= cfg.beta_max, "beta_max", f"must be >= beta_min ({cfg.beta_min})")
     need(cfg.risk != "probe" or cfg.probe is not None, "probe",
          "must name a probe file when risk is 'probe'")
+    need(cfg.risk_table is None or cfg.risk in ("probe", "critic"), "risk_table",
+         "needs risk: probe or critic (the table holds their risk)")
     need(cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"), "device",
          "must be auto, cpu or cuda[:N]")
     need(bool(cfg.lora_target_modules), "lora_target_modules", "must not be empty")

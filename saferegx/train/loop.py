@@ -1,9 +1,11 @@
 """The training loop: read it top to bottom.
 
-One optimizer step = ``grad_accum`` micro-batches. For the whole step we first run the frozen
-reference (final hidden states for the KL, probe-layer activations for the risk) and turn the risk
-into per-sequence ``(alpha, beta)``, so that batch-mode beta is one value per optimizer batch
-however it is split. Then each micro-batch runs the policy to its final hidden states and the fused
+Before step 1 a pre-pass scores every example's risk (probe or critic) from its prompt alone
+(prepass.py). One optimizer step = ``grad_accum`` micro-batches. For the whole step we first turn
+the risk into per-sequence ``(alpha, beta)``, so that batch-mode beta is one value per optimizer
+batch however it is split; with ``kl_gate`` a beta below the gate becomes 0. Then the frozen
+reference runs (final hidden states for the KL) on the sequences whose beta is left, and only on
+those. Then each micro-batch runs the policy to its final hidden states and the fused
 op adds ``alpha * CE + beta * KL(ref || policy)`` over its response tokens (``reduction="sum"``),
 divided by the response-token count of the *whole* step: unequal micro-batches then give exactly
 the gradient of one big batch.
@@ -26,14 +28,15 @@ import torch
 from tqdm.auto import tqdm
 
 from ..lm import lm_head
-from ..loss import response_rows, risk_weighted_loss
+from ..loss import gate, response_rows, risk_weighted_loss
 from ..risk.critic import EmbeddingCritic, SafetyCritic, default_critic
 from ..risk.probe import Probe
 from ..risk.schedule import RiskSchedule
 from . import checkpoint, distributed
-from .batches import IGNORE_INDEX, DataOrder, collate, load_examples
+from .batches import IGNORE_INDEX, DataOrder, collate, load_examples, tokenize
 from .config import TrainConfig
 from .metrics import MetricsLog
+from .prepass import example_risks
 from .model import prepare, reference_in_bf16, reference_pass
 from .reference_cache import ReferenceCache
 from .signals import RiskSource
@@ -84,7 +87,7 @@ def train(cfg: TrainConfig, *, model=None, tokenizer=None, critic: SafetyCritic 
         raise ValueError(f"{ckpt_root} holds checkpoints of an earlier run: set resume: true to "
                          "continue it, or choose another output_dir")
 
-    # --- data -------------------------------------------------------------------------------
+    # --- data (every line checked before the model loads) --------------------------------------
     examples = load_examples(cfg.data)
     order = DataOrder(len(examples), cfg.batch_size, cfg.seed)
     total_steps = cfg.max_steps or math.ceil(cfg.epochs * order.batches_per_epoch / cfg.grad_accum)
@@ -100,6 +103,15 @@ def train(cfg: TrainConfig, *, model=None, tokenizer=None, critic: SafetyCritic 
     if cfg.risk == "critic" and critic is None:
         critic = EmbeddingCritic.load(cfg.critic) if cfg.critic else default_critic()
     source = RiskSource(cfg.risk, probe=probe, critic=critic, fixed_beta=cfg.beta)
+    examples = tokenize(examples, tokenizer, cfg.max_length)
+    # The reference pass is frozen and only sets a KL target: bf16 costs ~3e-4 nats of KL per token
+    # and makes it ~1.7x faster (the pass is a third of a plain LoRA step).
+    ref_bf16 = cfg.bf16 or reference_in_bf16(cfg.reference_precision, device)
+
+    # --- risk, before step 1: the model is still the reference; prompt tokens only -------------
+    risk_of = None  # [n] per example
+    if cfg.risk in ("probe", "critic"):
+        risk_of = example_risks(cfg, examples, model.to(device), tokenizer, source, bf16=ref_bf16)
     model, reference = prepare(model, cfg)
     model.to(device).train()
     if reference is not None:
@@ -112,9 +124,6 @@ def train(cfg: TrainConfig, *, model=None, tokenizer=None, critic: SafetyCritic 
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, partial(warmup_cosine, warmup=cfg.warmup_steps, total=total_steps))
     autocast = partial(torch.autocast, device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
-    # The reference pass is frozen and only sets a KL target: bf16 costs ~3e-4 nats of KL per token
-    # and makes it ~1.7x faster (the pass is a third of a plain LoRA step).
-    ref_bf16 = cfg.bf16 or reference_in_bf16(cfg.reference_precision, device)
 
     # --- resume -----------------------------------------------------------------------------
     step = 0
@@ -127,8 +136,10 @@ def train(cfg: TrainConfig, *, model=None, tokenizer=None, critic: SafetyCritic 
     save = partial(checkpoint.save, ckpt_root, model=model, optimizer=optimizer, scheduler=scheduler,
                    order=order, schedule=schedule, config=cfg.to_dict(), keep=cfg.keep_checkpoints)
     last_good = resume_from
-    # Under FSDP the LoRA reference pass gathers shards with the other processes: all must run it.
-    cache = ReferenceCache(0 if mode == "fsdp" and reference is None else cfg.reference_cache_mb)
+    # Under FSDP the LoRA reference pass gathers shards with the other processes: all must run it,
+    # once per micro-batch (on a stand-in sequence where none of theirs is gated in).
+    collective_ref = mode == "fsdp" and reference is None
+    cache = ReferenceCache(0 if collective_ref else cfg.reference_cache_mb)
     world = distributed.world_size()
 
     bar = tqdm(total=total_steps, initial=step, disable=not cfg.progress or not distributed.is_main(),
@@ -144,29 +155,39 @@ def train(cfg: TrainConfig, *, model=None, tokenizer=None, critic: SafetyCritic 
             micro = [collate(tokenizer, [examples[i] for i in ids], cfg.max_length).to(device)
                      for ids in micro_ids]
 
-            # 1. reference pass and risk, for the whole optimizer batch (stored after epoch 1)
-            refs, risks = [], []
-            for ids, batch in zip(micro_ids, micro):
-                cached = cache.lookup(ids)
-                if cached is None:
-                    ref_hidden, taps = None, {}
-                    if source.needs_reference:
-                        ref_hidden, taps = reference_pass(policy, reference, batch, source.layers, ref_bf16)
-                    rows = batch.labels != IGNORE_INDEX
-                    cached = (None if ref_hidden is None else ref_hidden[rows], source.risk(batch, taps))
-                    cache.store(ids, rows, ref_hidden, cached[1])
-                refs.append(cached[0])
-                risks.append(cached[1])
             for k, n in enumerate(sizes):
-                if n == 0:  # the stand-in example of an empty share
+                if n == 0:  # the stand-in example of an empty share: its loss rows are dropped
                     micro[k].labels.fill_(IGNORE_INDEX)
-                    refs[k] = None if refs[k] is None else refs[k][:0]
-            risk = None if risks[0] is None else torch.cat([r[:n] for r, n in zip(risks, sizes)])
+
+            # 1. risk (from the pre-pass) and weights for the whole optimizer batch, the gate
+            risk = None if risk_of is None else torch.cat(
+                [risk_of[ids[:n]] for ids, n in zip(micro_ids, sizes)]).to(device)
             alpha, beta = source.weights(risk, sum(sizes), schedule, device, mean=distributed.mean)
+            if beta is not None and cfg.kl_gate > 0:
+                beta = gate(beta, cfg.kl_gate)
+
+            # 2. reference pass, only for the gated-in sequences (stored after epoch 1)
+            refs = []
+            for k, (ids, batch) in enumerate(zip(micro_ids, micro)):
+                if beta is None:
+                    refs.append(None)
+                    continue
+                keep = list(range(sizes[k]))
+                if cfg.kl_gate > 0:
+                    keep = (beta[sum(sizes[:k]):sum(sizes[:k + 1])] >= cfg.kl_gate).nonzero()[:, 0].tolist()
+                rows = cache.lookup([ids[j] for j in keep])
+                if rows is None and (keep or collective_ref):
+                    sub = batch.select(keep or [0])
+                    ref_hidden, _ = reference_pass(policy, reference, sub, (), ref_bf16)
+                    mask = sub.labels != IGNORE_INDEX
+                    rows = ref_hidden[mask] if keep else ref_hidden[mask][:0]
+                    if keep:
+                        cache.store([ids[j] for j in keep], mask, ref_hidden)
+                refs.append(rows)
             # the normalizer: response tokens of the whole step, in all processes
             n_tokens = int(distributed.all_reduce_sum(torch.tensor(sum(b.n_tokens for b in micro))))
 
-            # 2. policy forward, fused loss over response tokens, backward
+            # 3. policy forward, fused loss over response tokens, backward
             optimizer.zero_grad(set_to_none=True)
             sums = torch.zeros(3, dtype=torch.float64)
             for k, (batch, ref_rows) in enumerate(zip(micro, refs)):
@@ -178,7 +199,8 @@ def train(cfg: TrainConfig, *, model=None, tokenizer=None, critic: SafetyCritic 
                     res = risk_weighted_loss(
                         rows, head, labels, ref_rows, seq,
                         None if alpha is None else alpha[mine], None if beta is None else beta[mine],
-                        ref_weight=ref_head, kl=cfg.kl, reduction="sum", backend=cfg.backend)
+                        ref_weight=ref_head, kl=cfg.kl, kl_gate=cfg.kl_gate, reduction="sum",
+                        backend=cfg.backend)
                     # DDP and FSDP average gradients over processes: * world makes that the sum
                     (res.loss * world / n_tokens).backward()
                 sums += res.totals()
@@ -189,20 +211,22 @@ def train(cfg: TrainConfig, *, model=None, tokenizer=None, critic: SafetyCritic 
                     f"the optimizer step. Last good checkpoint: {last_good or 'none'}. "
                     "Lower lr, check the data, or resume from the checkpoint.")
 
-            # 3. clip (0: no clipping; the norm, of the global batch's gradient, is logged), step
+            # 4. clip (0: no clipping; the norm, of the global batch's gradient, is logged), step
             grad_norm = distributed.clip_grad_norm(params, cfg.max_grad_norm)
             lr = scheduler.get_last_lr()[0]
             optimizer.step()
             scheduler.step()
             step += 1
 
-            # 4. log and checkpoint
+            # 5. log and checkpoint
             seconds = time.perf_counter() - t0
             seen = distributed.all_reduce_sum(torch.tensor(sum(int(b.attention_mask[:n].sum())
                                                                for b, n in zip(micro, sizes))))
             log.write({"step": step, "epoch": order.epoch, "loss": loss, "ce": ce, "kl": kl,
                        "risk": float("nan") if risk is None else distributed.mean(risk).item(),
-                       "beta": float("nan") if beta is None else distributed.mean(beta).item(), "lr": lr,
+                       "beta": float("nan") if beta is None else distributed.mean(beta).item(),
+                       "gated_out": float("nan") if beta is None or cfg.kl_gate <= 0 else
+                       distributed.mean((beta < cfg.kl_gate).float()).item(), "lr": lr,
                        "grad_norm": grad_norm,
                        "tokens": n_tokens, "tokens_per_s": int(seen) / seconds, "seconds": seconds})
             bar.update(1)

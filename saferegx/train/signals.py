@@ -1,16 +1,21 @@
 """Risk per sequence and the (alpha, beta) weights it sets, for each risk source.
 
-``probe`` reads the reference pass's probe layer (no extra forward), ``critic`` scores the batch's
-prompts, ``fixed`` is a constant beta (constrained SFT), ``none`` is plain SFT. An example's own
-``risk`` field, where given, overrides the probe or critic for that example.
+``probe`` reads the reference's probe layer, ``critic`` scores the prompts, ``fixed`` is a constant
+beta (constrained SFT), ``none`` is plain SFT. ``score_prompts`` is the pre-pass over a whole
+dataset (saferegx's trainer, ``saferegx audit``); ``risk`` reads a batch's risk from the taps of a
+reference pass that runs anyway (the HF trainers). An example's own ``risk`` field, where given,
+overrides the probe or critic for that example.
 """
 from __future__ import annotations
+
+from typing import Sequence
 
 import torch
 
 from ..risk.critic import SafetyCritic
 from ..risk.probe import Probe, read_probe
 from ..risk.schedule import RiskSchedule
+from ..risk.table import critic_risks, probe_risks
 from .batches import Batch
 
 
@@ -32,6 +37,16 @@ class RiskSource:
     def layers(self) -> tuple[int, ...]:
         """Decoder layers the reference pass must tap."""
         return tuple(self.probe.layers) if self.kind == "probe" else ()
+
+    def score_prompts(self, model, prompts: Sequence[str], prompt_ids: Sequence[Sequence[int]], *,
+                      pad_id: int = 0, bf16: bool = False, progress: bool = False) -> torch.Tensor:
+        """Risk ``[n]`` (CPU fp32) of each prompt, text and token ids as in training: the probe
+        on ``model`` as the reference, stopped at its layer, or the critic on the text."""
+        if self.kind == "probe":
+            return probe_risks(self.probe, model, prompt_ids, pad_id=pad_id, bf16=bf16, progress=progress)
+        if self.kind == "critic":
+            return critic_risks(self.critic, prompts, progress=progress)
+        raise ValueError(f"risk source {self.kind!r} has no per-prompt risk")
 
     def risk(self, batch: Batch, taps: dict[int, torch.Tensor]) -> torch.Tensor | None:
         """Risk ``[B]`` fp32 in [0, 1] (detached), or None for ``fixed`` / ``none``."""

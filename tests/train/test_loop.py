@@ -101,7 +101,8 @@ def test_risk_sources_run(config, tokenizer, make_model, probe_file, risk):
     if risk == "none":  # plain SFT: CE only, and no reference forward at all
         assert len(calls) == 4 and all(r["kl"] == 0 and r["beta"] is None and r["risk"] is None for r in h)
     else:  # 4 policy passes; reference passes for micro-batches 3, 3, 1 of epoch 1, then the
-        assert len(calls) == 4 + 3  # reference cache serves epoch 2's first micro-batch
+        # reference cache serves epoch 2's first micro-batch; the probe's pre-pass is one more
+        assert len(calls) == 4 + 3 + (risk == "probe")
     if risk == "fixed":
         assert all(r["beta"] == pytest.approx(0.3) and r["risk"] is None for r in h)
     if risk in ("probe", "critic"):

@@ -50,12 +50,11 @@ def test_lookup_needs_every_example_and_returns_rows_in_batch_order():
     hidden = torch.arange(2 * 4 * 3, dtype=torch.float32).reshape(2, 4, 3)
     labels = torch.tensor([[IGNORE_INDEX, 5, 6, IGNORE_INDEX], [IGNORE_INDEX, IGNORE_INDEX, 7, 8]])
     rows = labels != IGNORE_INDEX
-    cache.store([10, 11], rows, hidden, torch.tensor([0.2, 0.9]))
+    cache.store([10, 11], rows, hidden)
     assert cache.lookup([10, 12]) is None
-    ref, risk = cache.lookup([11, 10])
+    ref = cache.lookup([11, 10])
     torch.testing.assert_close(ref, torch.cat([hidden[1][rows[1]], hidden[0][rows[0]]]))
-    torch.testing.assert_close(risk, torch.tensor([0.9, 0.2]))
-    full, _ = cache.lookup([10, 11])
+    full = cache.lookup([10, 11])
     torch.testing.assert_close(full, hidden[rows])  # what the loss reads without a cache
 
 
@@ -63,6 +62,6 @@ def test_entries_over_the_limit_are_not_stored():
     row_bytes = 256 * 4
     cache = ReferenceCache(limit_mb=3 * row_bytes / 2**20)  # room for three rows
     hidden = torch.zeros(4, 1, 256)
-    cache.store([0, 1, 2, 3], torch.ones(4, 1, dtype=torch.bool), hidden, None)
+    cache.store([0, 1, 2, 3], torch.ones(4, 1, dtype=torch.bool), hidden)
     assert len(cache) == 3 and cache.bytes == 3 * row_bytes
     assert cache.lookup([3]) is None and cache.lookup([0, 2]) is not None
