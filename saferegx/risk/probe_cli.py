@@ -13,9 +13,7 @@ from pathlib import Path
 
 import torch
 
-class UsageError(Exception):
-    """A user mistake, reported as one line and exit code 2."""
-
+from ..usage import UsageError, load_model, load_probe, read_prompts
 
 def add_parser(sub) -> None:
     """Register ``probe fit`` and ``probe eval`` under the top-level subparsers."""
@@ -65,16 +63,15 @@ def run(args: argparse.Namespace) -> int:
 def fit(args: argparse.Namespace) -> dict:
     from safetensors import SafetensorError
 
-    from ..data import load_prompts
     from .probe_fit import fit_default_probe
 
     if args.max_prompts is not None and args.max_prompts <= 0:
         raise UsageError(f"--max-prompts must be positive, got {args.max_prompts}")
-    benign = _read_prompts(load_prompts, args.benign) if args.benign is not None else []
+    benign = read_prompts(args.benign) if args.benign is not None else []
     if args.out.is_dir():
         raise UsageError(f"--out {args.out}: is a folder; give the probe file's path")
     layer = None if args.layer == "auto" else _layer(args.layer)
-    model, tokenizer = _load_model(args.model)
+    model, tokenizer = load_model(args.model)
     try:
         probe, report = fit_default_probe(
             model, tokenizer, layer=layer, pool=args.pool, seed=args.seed,
@@ -91,13 +88,11 @@ def fit(args: argparse.Namespace) -> dict:
 
 
 def evaluate(args: argparse.Namespace) -> dict:
-    from ..data import load_prompts
     from .metrics import accuracy, auroc, tpr_at_fpr
-    from .probe import Probe
 
-    harmful, benign = (_read_prompts(load_prompts, p) for p in (args.harmful, args.benign))
-    probe = _load_probe(Probe, args.probe)  # before the model: a bad file fails fast
-    model, tokenizer = _load_model(args.model)
+    harmful, benign = (read_prompts(p) for p in (args.harmful, args.benign))
+    probe = load_probe(args.probe)  # before the model: a bad file fails fast
+    model, tokenizer = load_model(args.model)
     try:
         probe.check(model)
     except ValueError as e:
@@ -114,38 +109,3 @@ def _layer(text: str) -> int:
         return int(text)
     except ValueError:
         raise UsageError(f"--layer must be an integer or 'auto', got {text!r}") from None
-
-
-def _load_model(path: str | None):
-    from ..data import DEFAULT_MODEL, load_model
-
-    if path not in (None, DEFAULT_MODEL) and not Path(path).is_dir():
-        raise UsageError(f"--model {path}: no such model folder")
-    try:
-        return load_model(path)
-    except (OSError, ValueError) as e:
-        raise UsageError(f"cannot load model {path}: {str(e).splitlines()[0]}") from None
-
-
-def _read_prompts(load_prompts, path: Path) -> list[str]:
-    try:
-        return load_prompts(path)
-    except UnicodeDecodeError as e:  # a ValueError too: catch it first
-        raise UsageError(f"{path}: not UTF-8 text ({e.reason})") from None
-    except ValueError as e:  # load_prompts names the file (and line)
-        raise UsageError(str(e)) from None
-    except OSError as e:
-        raise UsageError(f"{path}: {e.strerror or e}") from None
-
-
-def _load_probe(probe_cls, path: Path):
-    from safetensors import SafetensorError
-
-    if not path.is_file():
-        raise UsageError(f"{path}: no such probe file")
-    try:
-        return probe_cls.load(path)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    except (SafetensorError, OSError, KeyError, TypeError) as e:
-        raise UsageError(f"{path}: not a saferegx probe file ({e})") from None

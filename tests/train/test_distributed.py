@@ -146,3 +146,21 @@ def test_accelerate_launch_matches_one_process(setup, tmp_path):
                    "--config", str(config("accelerate"))], tmp_path)
     assert out.count(f"trained {STEPS} steps") == 1, out[-2000:]
     _assert_same_training(root / "single", root / "accelerate")
+
+
+def test_torchrun_fsdp_with_a_kl_gate_matches_one_process(setup, tmp_path):
+    """Processes whose share of a micro-batch is all gated out still join FSDP's collective
+    reference pass (on a stand-in sequence), and the step stays the single-process one."""
+    from saferegx.cli import main
+
+    root, config = setup
+    risks = sorted(json.loads(line)["probe"] for line in (root / "single" / "risk_table.jsonl").open())
+    gate = 0.1 + 0.8 * risks[len(risks) // 2]  # about half the sequences gated out
+    common = dict(schedule_mode="sequence", kl_gate=gate)
+    assert main(["train", "--config", str(config("single-gate", **common))]) == 0
+    gated = [r["gated_out"] for r in _metrics(root / "single-gate")]
+    assert any(0 < g < 1 for g in gated), gated
+    out = _torchrun(config("fsdp-gate", distributed="fsdp", **common), tmp_path)
+    assert out.count(f"trained {STEPS} steps") == 1, out[-2000:]
+    _assert_same_training(root / "single-gate", root / "fsdp-gate")
+    assert [r["gated_out"] for r in _metrics(root / "fsdp-gate")] == pytest.approx(gated)
