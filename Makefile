@@ -10,11 +10,11 @@ export HF_DATASETS_OFFLINE := 1
 # step of SmolLM2-135M took 4.4 s with spinning threads beside other jobs and 0.32 s with passive ones.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: install test demo bench clean
+.PHONY: install test demo bench clean wheel
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml setup.py saferegx/_build_flags.py $(wildcard csrc/*.cpp csrc/cpu/*)
+$(STAMP): pyproject.toml setup.py saferegx/_build_flags.py $(wildcard csrc/*.cpp csrc/cpu/* csrc/common/*)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
@@ -27,6 +27,12 @@ test: install
 
 demo: install
 	$(PY) -m saferegx.cli demo $(DEMO_ARGS)
+
+# dist/: the sdist, then the wheel built from the unpacked sdist (C++ kernels compiled in against
+# .venv's torch), which proves the sdist holds all a build needs. tests/test_wheel.py installs it.
+wheel: install
+	rm -f dist/saferegx-*
+	$(PY) -m build --no-isolation --outdir dist
 
 bench: install
 	$(PY) benchmarks/cpu_loss.py --write

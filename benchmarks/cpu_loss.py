@@ -9,7 +9,7 @@ head already resident), i.e. the working memory of the loss itself.
 
 Modes:
   cpu            saferegx.safety_loss(backend="cpu"), the C++ chunked kernel
-  reference      saferegx.safety_loss(backend="reference"), unfused PyTorch (materializes [N, V])
+  unfused        saferegx.safety_loss(backend="unfused"), plain PyTorch (materializes [N, V])
   liger          liger_kernel.chunked_loss.LigerFusedLinearJSDLoss(0.5, 0.5, beta=1.0, compiled=True)
   liger-eager    the same with compiled=False (not in the default set)
   floor          the GEMMs alone, full size: z = h W^T, r = g W^T, dh = dz W (+ dW = dz^T h)
@@ -33,8 +33,8 @@ import subprocess
 import sys
 import time
 
-ALL_MODES = ("cpu", "reference", "liger", "liger-eager", "floor", "floor-chunked")
-DEFAULT_MODES = ("cpu", "reference", "liger", "floor", "floor-chunked")
+ALL_MODES = ("cpu", "unfused", "liger", "liger-eager", "floor", "floor-chunked")
+DEFAULT_MODES = ("cpu", "unfused", "liger", "floor", "floor-chunked")
 DEFAULT_SIZES = "4096x576x49152,1024x2048x128256"
 QUICK_SIZES = "512x576x8192"
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
@@ -70,12 +70,10 @@ def parse_sizes(text: str) -> list[tuple[int, int, int]]:
 
 
 def chunk_rows(v: int, has_ref: bool = True) -> int:
-    """The C++ kernel's rows per chunk (csrc/cpu/safety_loss.cpp: chunk_rows), env override included."""
-    env = os.environ.get("SAFEREGX_CPU_CHUNK")
-    if env and int(env) > 0:
-        return int(env)
-    per_row = max(v, 1) * 4 * (2 if has_ref else 1)
-    return min(max((64 << 20) // per_row, 256), 1024)
+    """The C++ kernel's rows per chunk, asked of the kernel itself (SAFEREGX_CPU_CHUNK included)."""
+    from saferegx import _ext
+
+    return _ext.cpu_chunk_rows(v, has_ref)
 
 
 def rss_bytes() -> int:
@@ -121,7 +119,7 @@ def make_step(mode: str, hidden, weight, ref_hidden, labels, kl: str, train_head
     import torch
 
     n, v = hidden.shape[0], weight.shape[0]
-    if mode in ("cpu", "reference"):
+    if mode in ("cpu", "unfused"):
         import saferegx
 
         ce_weight = torch.full((n,), ce_w)

@@ -4,7 +4,7 @@
 
 Checks `triton` and `cuda` (when built) against the float64 reference at a small size, then times
 forward+backward (dL/dh and dL/dW) at each size in bf16 with `triton.testing.do_bench` medians,
-next to the unfused `reference`, Liger-Kernel's chunked CE + JSD (`LigerFusedLinearJSDLoss`,
+next to the `unfused` op, Liger-Kernel's chunked CE + JSD (`LigerFusedLinearJSDLoss`,
 weights 0.5/0.5, beta=1.0, the closest peer: CE plus a KL to a teacher), Liger's fused linear CE
 (a lower bound: no reference logits at all) and the cuBLAS floor (the four GEMMs any exact
 method must do: z = h W^T, r = g W^T, dh = dz W, dW = dz^T h). Peak memory is
@@ -137,7 +137,7 @@ def gemm_floor(x, kl):
 METHODS = {
     "triton": saferegx_method("triton"),
     "cuda": saferegx_method("cuda"),
-    "reference": saferegx_method("reference"),
+    "unfused": saferegx_method("unfused"),
     "liger-jsd": liger_jsd,
     "liger-flce": liger_flce,
     "gemm-floor": gemm_floor,
@@ -175,7 +175,7 @@ def check_correctness(methods, kl) -> list[str]:
                 got = run_once(saferegx.safety_loss, x, backend, ce_w, kl_w, kl, reduction)
                 x64 = {k: (t.detach().double().requires_grad_(t.requires_grad)
                            if t.is_floating_point() else t) for k, t in x.items()}
-                want = run_once(saferegx.safety_loss, x64, "reference", ce_w.double(),
+                want = run_once(saferegx.safety_loss, x64, "unfused", ce_w.double(),
                                 kl_w.double(), kl, reduction)
                 errs = {k: rel_err(got[k], want[k]) for k in want}
                 status = "ok" if max(errs.values()) <= tol else "FAIL"

@@ -31,7 +31,7 @@ def inputs():
     return cpu_loss.make_inputs(N, D, V, logit_std=3.0, ref_noise=0.1, seed=0)
 
 
-@pytest.mark.parametrize("mode", ["cpu", "reference", "liger", "floor", "floor-chunked"])
+@pytest.mark.parametrize("mode", ["cpu", "unfused", "liger", "floor", "floor-chunked"])
 def test_fwd_bwd(benchmark, inputs, mode):
     if mode == "cpu":
         from saferegx.ops.api import available_backends

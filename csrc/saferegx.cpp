@@ -1,23 +1,27 @@
 // The schema of saferegx's ops, declared once; each backend registers its kernels elsewhere
-// (csrc/cpu/*.cpp for CPU). Fake impls and autograd live in saferegx/ops/library.py.
+// (csrc/cpu/*.cpp for CPU, csrc/cuda/binding.cu for CUDA). Fake impls and autograd live in
+// saferegx/ops/library.py. The integer codes of kl_mode and reduction: csrc/common/codes.h.
 #include <torch/extension.h>
+
+#include "cpu/safety_loss.h"
 
 TORCH_LIBRARY(saferegx, m) {
   // Fused risk-weighted CE + token-level KL to a reference, from hidden states and LM heads.
-  // Returns (loss, ce, kl, lse_z, lse_r, grad_hidden, grad_weight); the last two are the loss's
-  // gradients for grad_output = 1 (fp32, or empty when not asked for), formed in the same pass.
+  // Returns (loss, ce, kl, grad_hidden, grad_weight); the last two are the loss's gradients for
+  // grad_output = 1 (fp32, or empty when not asked for), formed in the same pass.
   m.def(
       "safety_loss_fwd(Tensor hidden, Tensor weight, Tensor labels, Tensor? ref_hidden, "
       "Tensor? ref_weight, Tensor? ce_weight, Tensor? kl_weight, int kl_mode, int ignore_index, "
       "int reduction, bool grad_hidden, bool grad_weight) "
-      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
-  // Gradients for reduction='none': recomputes the logit tiles from the saved row statistics
-  // and scales each row by grad_rows. Returns fp32 (grad_hidden, grad_weight), empty if not asked.
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // Gradients for reduction='none': recomputes the logit tiles and each row's log-sum-exp, takes
+  // the forward's per-row kl, and scales each row by grad_rows. Returns fp32 (grad_hidden,
+  // grad_weight), empty if not asked.
   m.def(
       "safety_loss_bwd(Tensor grad_rows, Tensor hidden, Tensor weight, Tensor labels, "
       "Tensor? ref_hidden, Tensor? ref_weight, Tensor? ce_weight, Tensor? kl_weight, "
-      "Tensor lse_z, Tensor lse_r, Tensor kl, int kl_mode, int ignore_index, bool grad_hidden, "
-      "bool grad_weight) -> (Tensor, Tensor)");
+      "Tensor kl, int kl_mode, int ignore_index, bool grad_hidden, bool grad_weight) "
+      "-> (Tensor, Tensor)");
   // The activation-probe read: sigmoid(acts[b, positions[b]] . weight + bias), [B] fp32.
   // No gradient: the risk is a constant of the loss (the model must not learn to fool its monitor).
   m.def("probe_risk(Tensor acts, Tensor positions, Tensor weight, Tensor bias) -> Tensor");
@@ -25,4 +29,6 @@ TORCH_LIBRARY(saferegx, m) {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "saferegx C++ kernels; the ops are reached through torch.ops.saferegx";
+  m.def("cpu_chunk_rows", &saferegx::cpu::chunk_rows, pybind11::arg("V"), pybind11::arg("has_ref"),
+        "Rows per chunk of the CPU kernel's logit tiles (SAFEREGX_CPU_CHUNK overrides).");
 }

@@ -1,10 +1,16 @@
-"""Compiler flags and sources of the C++ extension, shared by setup.py and the JIT fallback."""
+"""Compiler flags, include folders and sources of the C++ extension, shared by setup.py and the
+JIT fallback."""
 from pathlib import Path
 
 # -fopenmp-simd lets the softmax loops vectorize their reductions (no OpenMP runtime needed),
 # -fno-trapping-math lets them if-convert float compares (torch builds so too; results unchanged);
 # the hot loops pick AVX-512 / AVX2 / baseline code at run time (GCC target_clones).
 CXX_FLAGS = ["-O3", "-fopenmp-simd", "-fno-trapping-math", "-fno-math-errno", "-std=c++17"]
+
+
+def include_dirs(csrc: Path) -> list[Path]:
+    """Headers shared by the CPU kernel and the CUDA kernels (element math, codes, checks)."""
+    return [csrc / "common"]
 
 
 def cpu_sources(csrc: Path) -> list[Path]:

@@ -1,7 +1,8 @@
 """csrc/cuda/safety_loss.cuh without a GPU: it compiles for sm_90, and its host-callable parts
-(the max-shifted row statistics, the logit gradient, the row-major -> cuBLAS layout mapping) run
-in a host program against a float64 reference. The kernels' reductions and launches, and the
-torch binding, still need a GPU to be tested (benchmarks/gpu.py checks them against the reference).
+(the max-shifted row statistics and the logit gradient of csrc/common/element_math.h, the
+row-major -> cuBLAS layout mapping) run in a host program against a float64 reference. The
+kernels' reductions and launches, and the torch binding, still need a GPU to be tested
+(benchmarks/gpu.py checks them against the reference).
 """
 import shutil
 import subprocess
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 NVCC = shutil.which("nvcc") or ("/usr/local/bin/nvcc" if Path("/usr/local/bin/nvcc").exists() else None)
-CUDA_DIR = Path(__file__).resolve().parent.parent / "csrc" / "cuda"
+CSRC = Path(__file__).resolve().parent.parent / "csrc"
 pytestmark = pytest.mark.skipif(NVCC is None, reason="nvcc not found")
 
 INSTANTIATE = r"""
@@ -24,7 +25,7 @@ SAFEREGX_GRAD(float)
 SAFEREGX_GRAD(__nv_bfloat16)
 SAFEREGX_GRAD(__half)
 cudaError_t stats(const float* z, const float* r, const int64_t* y, sc::StatsOut o, cudaStream_t s) {
-  return sc::launch_row_stats(z, r, 4, 7, y, -100, sc::kReverseKL, o, s);
+  return sc::launch_row_stats(z, r, 4, 7, y, -100, saferegx::kReverseKL, o, s);
 }
 """
 
@@ -34,6 +35,7 @@ HOST_PROGRAM = r"""
 #include <cstdio>
 #include <vector>
 #include "safety_loss.cuh"
+using namespace saferegx;
 using namespace saferegx::cuda;
 
 // cuBLAS semantics: column-major C[m,n] = op(X)[m,k] op(Y)[k,n], op = transpose when flagged.
@@ -90,9 +92,9 @@ int main() {
       else accumulate_kl(s, r[v], z[v], mr, mz);
     }
     const RowStats st = finish_stats(s, mz, mr, z[y], has_ref, kl_mode);
-    printf("%.9g %.9g %.9g %.9g", st.ce, st.kl, st.max_z + st.log_sz,
-           has_ref ? st.max_r + st.log_sr : 0.f);
-    const GradCoefs c{ca, cb, st.kl, st.max_z, st.log_sz, st.max_r, st.log_sr, has_ref != 0, kl_mode};
+    printf("%.9g %.9g %.9g %.9g", st.ce, st.kl, st.z.max + st.z.log_sum,
+           has_ref ? st.r.max + st.r.log_sum : 0.f);
+    const GradCoefs c{ca, cb, st.kl, st.z, st.r, has_ref != 0, kl_mode};
     for (int v = 0; v < V; ++v) printf(" %.9g", grad_element(z[v], r[v], v == y, c));
     printf("\n");
   }
@@ -106,7 +108,8 @@ int main() {
 
 
 def nvcc(*args, cwd):
-    proc = subprocess.run([NVCC, "-std=c++17", "-arch=sm_90", f"-I{CUDA_DIR}", *args], cwd=cwd,
+    includes = [f"-I{CSRC / 'cuda'}", f"-I{CSRC / 'common'}"]
+    proc = subprocess.run([NVCC, "-std=c++17", "-arch=sm_90", *includes, *args], cwd=cwd,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     return proc

@@ -177,8 +177,8 @@ def run_on(case: Case, p: Problem, backend: str | None = None):
     hidden = to(p.hidden).detach().clone().requires_grad_(True)
     weight = to(p.weight).detach().clone().requires_grad_(True)
     kwargs = {k: to(t) for k, t in p.kwargs.items()}
-    if backend == "reference":
-        fn = saferegx.safety_loss_reference
+    if backend == "unfused":
+        fn = saferegx.safety_loss_unfused
     else:
         kwargs["backend"] = backend or case.backend
         fn = saferegx.safety_loss
@@ -219,7 +219,7 @@ def unfused_errors(case: Case, p: Problem, orders: int = 4) -> list[torch.Tensor
     worst = [torch.zeros(())] * len(NAMES)
     for k in range(orders):
         q = p if k == 0 else permuted(p, g)
-        for i, (u, w) in enumerate(zip(run_on(case, q, "reference"), oracle(q))):
+        for i, (u, w) in enumerate(zip(run_on(case, q, "unfused"), oracle(q))):
             err = (u.double() - w).abs()
             err = err if i in ROWS else err.max() if err.numel() else torch.zeros(())
             worst[i] = torch.maximum(worst[i], err)

@@ -1,4 +1,5 @@
-// Per-row softmax statistics and logit gradients over one row of V fp32 logits.
+// Per-row softmax statistics and logit gradients over one row of V fp32 logits: the loops over
+// a row, whose per-element math is csrc/common/element_math.h (shared with the CUDA kernels).
 // Plain loops that GCC vectorizes (-O3 -fopenmp-simd); on x86-64 each is compiled for AVX-512,
 // AVX2+FMA and the baseline, the best picked at load time (target_clones).
 #pragma once
@@ -6,6 +7,8 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+
+#include "element_math.h"
 
 namespace saferegx::cpu {
 
@@ -39,6 +42,12 @@ static inline float fast_exp(float x) {
 // float64 is the test oracle's precision: libm's exp, no shortcuts.
 static inline double fast_exp(double x) { return std::exp(x); }
 
+// fast_exp as the exp of the shared element math (csrc/common/element_math.h).
+struct FastExp {
+  template <typename T>
+  inline __attribute__((always_inline)) T operator()(T x) const { return fast_exp(x); }
+};
+
 // Rows are summed in blocks in fp32 lanes, blocks in double: error ~ block/lanes ulp, not V.
 constexpr int64_t kSumBlock = 1024;
 
@@ -64,85 +73,71 @@ static inline __attribute__((always_inline)) double row_sum_exp_t(const T* x, in
   return total;
 }
 
-// With a' = a - ma, b' = b - mb: Sa = sum e^a', Sb = sum e^b', T = sum e^b' (b' - a').
-// Then KL(softmax b || softmax a) = T / Sb + log Sa - log Sb: the row maxima cancel exactly,
-// so equal rows give KL = 0 even for logits ~1e3. Forward KL is (a, b) = (z, r), reverse (r, z).
+// The max-shifted sums (sa, sb, t) of math::kl_terms over a row, in double.
 template <typename T>
-static inline __attribute__((always_inline)) void row_kl_sums_t(const T* a, const T* b, int64_t n, T ma, T mb, double* sa, double* sb, double* t) {
-  double tsa = 0.0, tsb = 0.0, tt = 0.0;
+static inline __attribute__((always_inline)) math::RowSums<double> row_kl_sums_t(
+    const T* a, const T* b, int64_t n, T ma, T mb) {
+  math::RowSums<double> total;
   for (int64_t s = 0; s < n; s += kSumBlock) {
     const int64_t e = s + kSumBlock < n ? s + kSumBlock : n;
     T acc_a = 0, acc_b = 0, acc_t = 0;
 #pragma omp simd reduction(+ : acc_a, acc_b, acc_t)
     for (int64_t i = s; i < e; ++i) {
-      const T xa = a[i] - ma, xb = b[i] - mb;
-      const T eb = fast_exp(xb);
-      acc_a += fast_exp(xa);
-      acc_b += eb;
-      acc_t += eb * (xb - xa);
+      const math::RowSums<T> k = math::kl_terms(a[i], b[i], ma, mb, FastExp{});
+      acc_a += k.sa;
+      acc_b += k.sb;
+      acc_t += k.t;
     }
-    tsa += acc_a;
-    tsb += acc_b;
-    tt += acc_t;
+    total = total + math::RowSums<double>{acc_a, acc_b, acc_t};
   }
-  *sa = tsa;
-  *sb = tsb;
-  *t = tt;
+  return total;
 }
 
-// The gradient kernels take each log-sum-exp as (row max m, log of the shifted sum ls), so that
-// log p = (z - m) - ls keeps full precision even when |z| ~ 1e3 (an fp32 lse there is off by 3e-5).
+// The gradient loops overwrite the row z with dL/dz but the label's -ca (see element_math.h).
 
-// z <- ca * softmax(z)  (the CE part of dL/dz before the -ca at the label)
 template <typename T>
-static inline __attribute__((always_inline)) void row_grad_ce_t(T* z, int64_t n, T mz, T lsz, T ca) {
+static inline __attribute__((always_inline)) void row_grad_ce_t(T* z, int64_t n, math::Lse<T> lz,
+                                                                T ca) {
 #pragma omp simd
-  for (int64_t i = 0; i < n; ++i) z[i] = ca * fast_exp((z[i] - mz) - lsz);
+  for (int64_t i = 0; i < n; ++i) z[i] = math::grad_ce(z[i], lz, ca, FastExp{});
 }
 
-// forward KL(q || p): z <- ca p + cb (p - q); not (ca + cb) p - cb q, whose rounding leaves
-// ~eps * ca residue where p = q (e.g. a one-token vocabulary, whose gradient is exactly 0)
 template <typename T>
-static inline __attribute__((always_inline)) void row_grad_forward_t(T* z, const T* r, int64_t n, T mz, T lsz, T mr, T lsr, T ca,
-                                                             T cb) {
+static inline __attribute__((always_inline)) void row_grad_forward_t(T* z, const T* r, int64_t n,
+                                                                     math::Lse<T> lz,
+                                                                     math::Lse<T> lr, T ca, T cb) {
 #pragma omp simd
-  for (int64_t i = 0; i < n; ++i) {
-    const T pi = fast_exp((z[i] - mz) - lsz);
-    z[i] = ca * pi + cb * (pi - fast_exp((r[i] - mr) - lsr));
-  }
+  for (int64_t i = 0; i < n; ++i) z[i] = math::grad_forward(z[i], r[i], lz, lr, ca, cb, FastExp{});
 }
 
-// reverse KL(p || q): z <- p (ca + cb (log p - log q - KL))
 template <typename T>
-static inline __attribute__((always_inline)) void row_grad_reverse_t(T* z, const T* r, int64_t n, T mz, T lsz, T mr, T lsr, T kl,
-                                                             T ca, T cb) {
+static inline __attribute__((always_inline)) void row_grad_reverse_t(T* z, const T* r, int64_t n,
+                                                                     math::Lse<T> lz,
+                                                                     math::Lse<T> lr, T kl, T ca,
+                                                                     T cb) {
 #pragma omp simd
-  for (int64_t i = 0; i < n; ++i) {
-    const T lp = (z[i] - mz) - lsz;
-    z[i] = fast_exp(lp) * (ca + cb * (lp - ((r[i] - mr) - lsr) - kl));
-  }
+  for (int64_t i = 0; i < n; ++i)
+    z[i] = math::grad_reverse(z[i], r[i], lz, lr, kl, ca, cb, FastExp{});
 }
-
 
 // Entry points: float is cloned per ISA (the template bodies inline into each clone); double is
 // plain. Overloads keep the kernel code dtype-generic.
 #define SAFEREGX_ENTRY(ATTR, T)                                                                 \
   ATTR static T row_max(const T* x, int64_t n) { return row_max_t(x, n); }                      \
   ATTR static double row_sum_exp(const T* x, int64_t n, T m) { return row_sum_exp_t(x, n, m); } \
-  ATTR static void row_kl_sums(const T* a, const T* b, int64_t n, T ma, T mb, double* sa,      \
-                               double* sb, double* t) {                                        \
-    row_kl_sums_t(a, b, n, ma, mb, sa, sb, t);                                                  \
+  ATTR static math::RowSums<double> row_kl_sums(const T* a, const T* b, int64_t n, T ma, T mb) { \
+    return row_kl_sums_t(a, b, n, ma, mb);                                                      \
   }                                                                                             \
-  ATTR static void row_grad_ce(T* z, int64_t n, T mz, T lsz, T ca) {                            \
-    row_grad_ce_t(z, n, mz, lsz, ca);                                                           \
+  ATTR static void row_grad_ce(T* z, int64_t n, math::Lse<T> lz, T ca) {                        \
+    row_grad_ce_t(z, n, lz, ca);                                                                \
   }                                                                                             \
-  ATTR static void row_grad_forward(T* z, const T* r, int64_t n, T mz, T lsz, T mr, T lsr, T ca, \
-                                    T cb) {                                                     \
-    row_grad_forward_t(z, r, n, mz, lsz, mr, lsr, ca, cb);                                      \
+  ATTR static void row_grad_forward(T* z, const T* r, int64_t n, math::Lse<T> lz,               \
+                                    math::Lse<T> lr, T ca, T cb) {                              \
+    row_grad_forward_t(z, r, n, lz, lr, ca, cb);                                                \
   }                                                                                             \
-  ATTR static void row_grad_reverse(T* z, const T* r, int64_t n, T mz, T lsz, T mr, T lsr, T kl, \
-                                    T ca, T cb) {                                               \
-    row_grad_reverse_t(z, r, n, mz, lsz, mr, lsr, kl, ca, cb);                                  \
+  ATTR static void row_grad_reverse(T* z, const T* r, int64_t n, math::Lse<T> lz,               \
+                                    math::Lse<T> lr, T kl, T ca, T cb) {                        \
+    row_grad_reverse_t(z, r, n, lz, lr, kl, ca, cb);                                            \
   }
 SAFEREGX_ENTRY(SAFEREGX_CLONES, float)
 SAFEREGX_ENTRY(, double)

@@ -11,31 +11,27 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <optional>
 #include <tuple>
 #include <utility>
 
+#include "problem.h"
 #include "row_kernels.h"
+#include "safety_loss.h"
 
 namespace saferegx::cpu {
-namespace {
-
-constexpr int64_t kReductionNone = 0, kReductionMean = 1, kReductionSum = 2;
-constexpr int64_t kForwardKL = 0, kReverseKL = 1;
 
 // Rows per tile: the tiles hold chunk x V fp32 logits (twice with a reference), ~64 MiB in all,
 // but never under 256 rows: each GEMM call re-packs the whole head W, and with fewer rows that
 // cost stops being amortized (measured at D=2048, V=128256: 65 rows 15.2 s, 256 rows 10.6 s, the
 // full-size GEMMs 10.2 s; at D=576, V=49152 170 and 341 rows are within noise).
 int64_t chunk_rows(int64_t V, bool has_ref) {
-  if (const char* env = std::getenv("SAFEREGX_CPU_CHUNK")) {
-    const long v = std::atol(env);
-    if (v > 0) return v;
-  }
-  const int64_t bytes_per_row = std::max<int64_t>(V, 1) * 4 * (has_ref ? 2 : 1);
-  return std::clamp<int64_t>((int64_t{64} << 20) / bytes_per_row, 256, 1024);
+  return saferegx::chunk_rows(V, has_ref, int64_t{64} << 20, 256, 1024, "SAFEREGX_CPU_CHUNK");
 }
+
+namespace {
+
+using math::Lse;
 
 // fp32 accumulation for fp32/bf16/fp16 inputs; float64 inputs (the test oracle's) stay float64.
 at::ScalarType acc_type(const at::Tensor& t) {
@@ -44,13 +40,12 @@ at::ScalarType acc_type(const at::Tensor& t) {
 
 at::Tensor as_acc(const at::Tensor& t, at::ScalarType acc) { return t.to(acc).contiguous(); }
 
+// The shared shape and flags plus the operands, converted to the accumulation type T.
 template <typename T>
-struct Problem {
+struct Problem : ProblemShape {
   at::Tensor h, w, g, wr;  // T contiguous; g undefined without a reference, wr when shared
   at::Tensor labels;       // int64 contiguous
   at::Tensor alpha, beta;  // T contiguous per-row weights, undefined = 1
-  int64_t N = 0, D = 0, V = 0, ignore_index = -100, kl_mode = kForwardKL;
-  bool has_ref = false, shared = true;
 
   T alpha_at(int64_t i) const { return alpha.defined() ? alpha.template data_ptr<T>()[i] : T(1); }
   T beta_at(int64_t i) const {
@@ -60,41 +55,24 @@ struct Problem {
 };
 
 template <typename T>
-Problem<T> make_problem(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& labels,
-                     const std::optional<at::Tensor>& ref_hidden,
-                     const std::optional<at::Tensor>& ref_weight,
-                     const std::optional<at::Tensor>& ce_weight,
-                     const std::optional<at::Tensor>& kl_weight, int64_t kl_mode,
-                     int64_t ignore_index) {
-  TORCH_CHECK(hidden.dim() == 2 && weight.dim() == 2, "hidden and weight must be 2-D");
-  TORCH_CHECK(hidden.size(1) == weight.size(1), "hidden and weight disagree on D");
-  TORCH_CHECK(labels.dim() == 1 && labels.size(0) == hidden.size(0), "labels must be [N]");
-  TORCH_CHECK(kl_mode == kForwardKL || kl_mode == kReverseKL, "kl_mode must be 0 or 1");
+Problem<T> make_problem(const at::Tensor& hidden, const at::Tensor& weight,
+                        const at::Tensor& labels, const std::optional<at::Tensor>& ref_hidden,
+                        const std::optional<at::Tensor>& ref_weight,
+                        const std::optional<at::Tensor>& ce_weight,
+                        const std::optional<at::Tensor>& kl_weight, int64_t kl_mode,
+                        int64_t ignore_index) {
   Problem<T> p;
+  static_cast<ProblemShape&>(p) = check_problem(hidden, weight, labels, ref_hidden, ref_weight,
+                                                ce_weight, kl_weight, kl_mode, ignore_index);
   const auto acc = acc_type(hidden);
-  p.N = hidden.size(0);
-  p.D = hidden.size(1);
-  p.V = weight.size(0);
-  p.kl_mode = kl_mode;
-  p.ignore_index = ignore_index;
   p.h = as_acc(hidden, acc);
   p.w = as_acc(weight, acc);
   p.labels = labels.to(at::kLong).contiguous();
-  p.has_ref = ref_hidden.has_value();
-  if (p.has_ref) {
-    TORCH_CHECK(ref_hidden->sizes() == hidden.sizes(), "ref_hidden must have hidden's shape");
-    p.g = as_acc(*ref_hidden, acc);
-    p.shared = !ref_weight.has_value() || ref_weight->is_same(weight);
-    if (!p.shared) {
-      TORCH_CHECK(ref_weight->sizes() == weight.sizes(), "ref_weight must have weight's shape");
-      p.wr = as_acc(*ref_weight, acc);
-    }
-  }
-  for (const auto* rw : {&ce_weight, &kl_weight})
-    if (rw->has_value())
-      TORCH_CHECK((*rw)->dim() == 1 && (*rw)->size(0) == p.N, "per-row weights must be [N]");
+  if (p.has_ref) p.g = as_acc(*ref_hidden, acc);
+  if (p.has_ref && !p.shared) p.wr = as_acc(*ref_weight, acc);
   if (ce_weight.has_value()) p.alpha = as_acc(*ce_weight, acc);
   if (kl_weight.has_value()) p.beta = as_acc(*kl_weight, acc);
+  // free on CPU, unlike on a GPU: an out-of-range label would read outside the tile
   const int64_t* y = p.labels.template data_ptr<int64_t>();
   for (int64_t i = 0; i < p.N; ++i)
     TORCH_CHECK(y[i] == ignore_index || (y[i] >= 0 && y[i] < p.V), "label ", y[i],
@@ -137,29 +115,23 @@ struct Tiles {
   }
 };
 
-// A row's log-sum-exp as (max, log of the shifted sum): see row_kernels.h.
-template <typename T>
-struct Lse {
-  T max, log_sum;
-};
-
 // Overwrites the row z with dL/dz = ca (p - onehot(y)) + cb dKL/dz.
 template <typename T>
 void row_grad(const Problem<T>& p, T* z, const T* r, int64_t y, Lse<T> lz, Lse<T> lr, T kl, T ca,
               T cb) {
   if (!p.has_ref || cb == T(0)) {
-    row_grad_ce(z, p.V, lz.max, lz.log_sum, ca);
+    row_grad_ce(z, p.V, lz, ca);
   } else if (p.kl_mode == kForwardKL) {
-    row_grad_forward(z, r, p.V, lz.max, lz.log_sum, lr.max, lr.log_sum, ca, cb);
+    row_grad_forward(z, r, p.V, lz, lr, ca, cb);
   } else {
-    row_grad_reverse(z, r, p.V, lz.max, lz.log_sum, lr.max, lr.log_sum, kl, ca, cb);
+    row_grad_reverse(z, r, p.V, lz, lr, kl, ca, cb);
   }
   z[y] -= ca;
 }
 
-// A row's (max, log-sum) recomputed from its tile. The backward of reduction='none' does this
-// instead of reading the saved fp32 lse, which at |z| ~ 1e3 is only good to its ulp (6e-5): one
-// exp pass per row, small next to the three GEMMs the backward recomputes anyway.
+// A row's (max, log-sum) recomputed from its tile, for the backward of reduction='none': a saved
+// fp32 lse would at |z| ~ 1e3 only be good to its ulp (6e-5), so none is saved. One exp pass per
+// row, small next to the three GEMMs the backward recomputes anyway.
 template <typename T>
 Lse<T> row_lse(const T* row, int64_t n) {
   const T m = row_max(row, n);
@@ -175,14 +147,6 @@ void accumulate_grads(const Problem<T>& p, const at::Tensor& dz, int64_t s, int6
     at::mm_out(out, dz, p.w);
   }
   if (dw.numel()) dw.addmm_(dz.t(), p.h.narrow(0, s, c));
-}
-
-template <typename T>
-std::tuple<at::Tensor, at::Tensor> grad_buffers(const Problem<T>& p, bool grad_hidden,
-                                                bool grad_weight) {
-  const auto f = p.h.options();
-  return {grad_hidden ? at::empty({p.N, p.D}, f) : at::empty({0}, f),
-          grad_weight ? at::zeros({p.V, p.D}, f) : at::empty({0}, f)};
 }
 
 // The chunk loop both ops share: fill each chunk's logit tiles, run `row(index, z_row, r_row)` in
@@ -204,25 +168,21 @@ void for_each_chunk(const Problem<T>& p, bool grads, at::Tensor& dh, at::Tensor&
   }
 }
 
-using FwdResult =
-    std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+using FwdResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
 template <typename T>
 FwdResult fwd_impl(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& labels,
-                    const std::optional<at::Tensor>& ref_hidden,
-                    const std::optional<at::Tensor>& ref_weight,
-                    const std::optional<at::Tensor>& ce_weight,
-                    const std::optional<at::Tensor>& kl_weight, int64_t kl_mode,
-                    int64_t ignore_index, int64_t reduction, bool grad_hidden, bool grad_weight) {
-  TORCH_CHECK(reduction >= kReductionNone && reduction <= kReductionSum, "bad reduction");
-  TORCH_CHECK(reduction != kReductionNone || !(grad_hidden || grad_weight),
-              "gradients in the forward need a scalar reduction; use safety_loss_bwd");
+                   const std::optional<at::Tensor>& ref_hidden,
+                   const std::optional<at::Tensor>& ref_weight,
+                   const std::optional<at::Tensor>& ce_weight,
+                   const std::optional<at::Tensor>& kl_weight, int64_t kl_mode,
+                   int64_t ignore_index, int64_t reduction, bool grad_hidden, bool grad_weight) {
+  check_reduction(reduction, grad_hidden, grad_weight);
   const Problem<T> p = make_problem<T>(hidden, weight, labels, ref_hidden, ref_weight, ce_weight,
-                                 kl_weight, kl_mode, ignore_index);
+                                       kl_weight, kl_mode, ignore_index);
   const auto f = p.h.options();
   auto ce = at::zeros({p.N}, f), kl = at::zeros({p.N}, f);
-  auto lse_z = at::zeros({p.N}, f), lse_r = at::zeros({p.N}, f);
-  auto [dh, dw] = grad_buffers(p, grad_hidden, grad_weight);
+  auto [dh, dw] = grad_buffers(p, f, grad_hidden, grad_weight);
   const bool need_dz = grad_hidden || grad_weight;
 
   const int64_t* y = p.labels.template data_ptr<int64_t>();
@@ -232,33 +192,25 @@ FwdResult fwd_impl(const at::Tensor& hidden, const at::Tensor& weight, const at:
       reduction == kReductionMean ? T(1) / static_cast<T>(std::max<int64_t>(n_valid, 1)) : T(1);
 
   T *ce_p = ce.template data_ptr<T>(), *kl_p = kl.template data_ptr<T>();
-  T *lz_p = lse_z.template data_ptr<T>(), *lr_p = lse_r.template data_ptr<T>();
   for_each_chunk(p, need_dz, dh, dw, [&](int64_t row, T* zi, const T* ri) {
     if (y[row] == ignore_index) {
       if (need_dz) std::fill(zi, zi + p.V, T(0));
       return;
     }
+    // the sums in double; KL(softmax b || softmax a) with (a, b) = (z, r) forward, (r, z) reverse
     const T mz = row_max(zi, p.V);
-    double log_sz = 0.0, log_sr = 0.0, klv = 0.0;
-    T mr = 0;
-    if (ri) {
-      mr = row_max(ri, p.V);
-      double sa, sb, t;
-      const bool fwd = p.kl_mode == kForwardKL;  // KL(softmax b || softmax a)
-      row_kl_sums(fwd ? zi : ri, fwd ? ri : zi, p.V, fwd ? mz : mr, fwd ? mr : mz, &sa, &sb, &t);
-      log_sz = std::log(fwd ? sa : sb);
-      log_sr = std::log(fwd ? sb : sa);
-      klv = t / sb + std::log(sa) - std::log(sb);
-    } else {
-      log_sz = std::log(row_sum_exp(zi, p.V, mz));
-    }
-    ce_p[row] = static_cast<T>((static_cast<double>(mz) - zi[y[row]]) + log_sz);
-    kl_p[row] = static_cast<T>(klv);
-    lz_p[row] = static_cast<T>(mz + log_sz);
-    lr_p[row] = static_cast<T>(mr + log_sr);
+    const T mr = ri ? row_max(ri, p.V) : T(0);
+    const bool fwd = p.kl_mode == kForwardKL;
+    const math::RowSums<double> sums =
+        !ri ? math::RowSums<double>{row_sum_exp(zi, p.V, mz)}
+            : row_kl_sums(fwd ? zi : ri, fwd ? ri : zi, p.V, fwd ? mz : mr, fwd ? mr : mz);
+    const math::RowStats<double> st =
+        math::finish_stats<double>(sums, mz, mr, zi[y[row]], ri != nullptr, p.kl_mode);
+    ce_p[row] = static_cast<T>(st.ce);
+    kl_p[row] = static_cast<T>(st.kl);
     if (need_dz)
-      row_grad(p, zi, ri, y[row], Lse<T>{mz, static_cast<T>(log_sz)},
-               Lse<T>{mr, static_cast<T>(log_sr)}, kl_p[row], p.alpha_at(row) * scale,
+      row_grad(p, zi, ri, y[row], Lse<T>{mz, static_cast<T>(st.z.log_sum)},
+               Lse<T>{mr, static_cast<T>(st.r.log_sum)}, kl_p[row], p.alpha_at(row) * scale,
                p.beta_at(row) * scale);
   });
 
@@ -274,7 +226,7 @@ FwdResult fwd_impl(const at::Tensor& hidden, const at::Tensor& weight, const at:
     if (reduction == kReductionMean) total /= static_cast<double>(std::max<int64_t>(n_valid, 1));
     loss = at::scalar_tensor(total, f);
   }
-  return {loss, ce, kl, lse_z, lse_r, dh, dw};
+  return {loss, ce, kl, dh, dw};
 }
 
 FwdResult safety_loss_fwd_cpu(const at::Tensor& hidden, const at::Tensor& weight,
@@ -290,22 +242,20 @@ FwdResult safety_loss_fwd_cpu(const at::Tensor& hidden, const at::Tensor& weight
               ignore_index, reduction, grad_hidden, grad_weight);
 }
 
+// Each row's (max, log-sum) is recomputed from its tile (row_lse); kl is the forward's.
 template <typename T>
 std::tuple<at::Tensor, at::Tensor> bwd_impl(
     const at::Tensor& grad_rows, const at::Tensor& hidden, const at::Tensor& weight,
     const at::Tensor& labels, const std::optional<at::Tensor>& ref_hidden,
     const std::optional<at::Tensor>& ref_weight, const std::optional<at::Tensor>& ce_weight,
-    const std::optional<at::Tensor>& kl_weight, const at::Tensor& lse_z, const at::Tensor& lse_r,
-    const at::Tensor& kl, int64_t kl_mode, int64_t ignore_index, bool grad_hidden,
-    bool grad_weight) {
+    const std::optional<at::Tensor>& kl_weight, const at::Tensor& kl, int64_t kl_mode,
+    int64_t ignore_index, bool grad_hidden, bool grad_weight) {
   const Problem<T> p = make_problem<T>(hidden, weight, labels, ref_hidden, ref_weight, ce_weight,
-                                 kl_weight, kl_mode, ignore_index);
-  for (const auto* t : {&grad_rows, &lse_z, &lse_r, &kl})
-    TORCH_CHECK(t->dim() == 1 && t->size(0) == p.N, "row statistics must be [N]");
+                                       kl_weight, kl_mode, ignore_index);
+  check_row_inputs(p, grad_rows, kl);
   const auto acc = p.h.scalar_type();
-  // lse_z / lse_r serve streaming backends (Triton); this kernel recomputes them (row_lse).
   const auto gr = as_acc(grad_rows, acc), klc = as_acc(kl, acc);
-  auto [dh, dw] = grad_buffers(p, grad_hidden, grad_weight);
+  auto [dh, dw] = grad_buffers(p, p.h.options(), grad_hidden, grad_weight);
   if (!(grad_hidden || grad_weight)) return {dh, dw};
 
   const int64_t* y = p.labels.template data_ptr<int64_t>();
@@ -326,12 +276,11 @@ std::tuple<at::Tensor, at::Tensor> safety_loss_bwd_cpu(
     const at::Tensor& grad_rows, const at::Tensor& hidden, const at::Tensor& weight,
     const at::Tensor& labels, const std::optional<at::Tensor>& ref_hidden,
     const std::optional<at::Tensor>& ref_weight, const std::optional<at::Tensor>& ce_weight,
-    const std::optional<at::Tensor>& kl_weight, const at::Tensor& lse_z, const at::Tensor& lse_r,
-    const at::Tensor& kl, int64_t kl_mode, int64_t ignore_index, bool grad_hidden,
-    bool grad_weight) {
+    const std::optional<at::Tensor>& kl_weight, const at::Tensor& kl, int64_t kl_mode,
+    int64_t ignore_index, bool grad_hidden, bool grad_weight) {
   auto impl = acc_type(hidden) == at::kDouble ? &bwd_impl<double> : &bwd_impl<float>;
-  return impl(grad_rows, hidden, weight, labels, ref_hidden, ref_weight, ce_weight, kl_weight,
-              lse_z, lse_r, kl, kl_mode, ignore_index, grad_hidden, grad_weight);
+  return impl(grad_rows, hidden, weight, labels, ref_hidden, ref_weight, ce_weight, kl_weight, kl,
+              kl_mode, ignore_index, grad_hidden, grad_weight);
 }
 
 }  // namespace

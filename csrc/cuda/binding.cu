@@ -13,16 +13,14 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <optional>
 #include <tuple>
 
+#include "problem.h"
 #include "safety_loss.cuh"
 
 namespace saferegx::cuda {
 namespace {
-
-constexpr int64_t kReductionNone = 0, kReductionMean = 1, kReductionSum = 2;
 
 void check_cuda(cudaError_t e, const char* what) {
   TORCH_CHECK(e == cudaSuccess, "saferegx CUDA ", what, ": ", cudaGetErrorString(e));
@@ -38,7 +36,7 @@ cudaDataType_t cuda_type(at::ScalarType t) {
       return CUDA_R_16F;
     default:
       TORCH_CHECK(false, "saferegx CUDA kernels take float32, bfloat16 or float16 inputs, got ", t,
-                  "; use backend='cpu' or 'reference' for float64");
+                  "; use backend='cpu' or 'unfused' for float64");
   }
 }
 
@@ -59,12 +57,11 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const at::Tensor& A
               static_cast<int>(status));
 }
 
-struct Problem {
-  at::Tensor h, w, g, wr;      // input dtype, contiguous; g undefined without a reference
-  at::Tensor labels, valid;    // int64 [N], bool [N]
-  at::Tensor alpha, beta;      // fp32 [N]
-  int64_t N = 0, D = 0, V = 0, ignore_index = -100, kl_mode = kForwardKL;
-  bool has_ref = false, shared = true;
+// The shared shape and flags plus the operands in the input dtype, per-row weights in fp32.
+struct Problem : ProblemShape {
+  at::Tensor h, w, g, wr;    // input dtype, contiguous; g undefined without a reference
+  at::Tensor labels, valid;  // int64 [N], bool [N]
+  at::Tensor alpha, beta;    // fp32 [N]
 };
 
 Problem make_problem(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& labels,
@@ -75,40 +72,22 @@ Problem make_problem(const at::Tensor& hidden, const at::Tensor& weight, const a
                      int64_t ignore_index) {
   TORCH_CHECK(hidden.is_cuda() && weight.is_cuda() && labels.is_cuda(),
               "saferegx CUDA kernels need CUDA tensors");
-  TORCH_CHECK(hidden.dim() == 2 && weight.dim() == 2 && hidden.size(1) == weight.size(1),
-              "hidden [N, D] and weight [V, D] must agree on D");
-  TORCH_CHECK(labels.dim() == 1 && labels.size(0) == hidden.size(0), "labels must be [N]");
-  TORCH_CHECK(kl_mode == kForwardKL || kl_mode == kReverseKL, "kl_mode must be 0 or 1");
-  TORCH_CHECK(weight.scalar_type() == hidden.scalar_type(), "weight and hidden dtypes differ");
-  cuda_type(hidden.scalar_type());  // rejects float64 with a clear message
   Problem p;
-  p.N = hidden.size(0);
-  p.D = hidden.size(1);
-  p.V = weight.size(0);
-  p.kl_mode = kl_mode;
-  p.ignore_index = ignore_index;
+  static_cast<ProblemShape&>(p) = check_problem(hidden, weight, labels, ref_hidden, ref_weight,
+                                                ce_weight, kl_weight, kl_mode, ignore_index);
+  // the GEMMs take every operand in one dtype (no conversions, unlike the CPU kernel)
+  cuda_type(hidden.scalar_type());  // rejects float64 with a clear message
+  TORCH_CHECK(weight.scalar_type() == hidden.scalar_type(), "weight and hidden dtypes differ");
+  for (const auto* t : {&ref_hidden, &ref_weight})
+    TORCH_CHECK(!t->has_value() || (*t)->scalar_type() == hidden.scalar_type(),
+                "ref_hidden and ref_weight must have hidden's dtype");
   p.h = hidden.contiguous();
   p.w = weight.contiguous();
   p.labels = labels.to(at::kLong).contiguous();
   p.valid = p.labels.ne(ignore_index);
-  p.has_ref = ref_hidden.has_value();
   const auto f32 = hidden.options().dtype(at::kFloat);
-  if (p.has_ref) {
-    TORCH_CHECK(ref_hidden->sizes() == hidden.sizes() &&
-                    ref_hidden->scalar_type() == hidden.scalar_type(),
-                "ref_hidden must match hidden's shape and dtype");
-    p.g = ref_hidden->contiguous();
-    p.shared = !ref_weight.has_value() || ref_weight->is_same(weight);
-    if (!p.shared) {
-      TORCH_CHECK(ref_weight->sizes() == weight.sizes() &&
-                      ref_weight->scalar_type() == weight.scalar_type(),
-                  "ref_weight must match weight's shape and dtype");
-      p.wr = ref_weight->contiguous();
-    }
-  }
-  for (const auto* rw : {&ce_weight, &kl_weight})
-    if (rw->has_value())
-      TORCH_CHECK((*rw)->dim() == 1 && (*rw)->size(0) == p.N, "per-row weights must be [N]");
+  if (p.has_ref) p.g = ref_hidden->contiguous();
+  if (p.has_ref && !p.shared) p.wr = ref_weight->contiguous();
   p.alpha = ce_weight.has_value() ? ce_weight->to(at::kFloat).contiguous() : at::ones({p.N}, f32);
   if (!p.has_ref)
     p.beta = at::zeros({p.N}, f32);
@@ -118,33 +97,26 @@ Problem make_problem(const at::Tensor& hidden, const at::Tensor& weight, const a
 }
 
 // Rows per chunk: the fp32 tiles hold chunk x V logits (twice with a reference), ~1 GiB.
-int64_t chunk_rows(int64_t V, bool has_ref) {
-  if (const char* env = std::getenv("SAFEREGX_CUDA_CHUNK")) {
-    const long v = std::atol(env);
-    if (v > 0) return v;
-  }
-  const int64_t bytes_per_row = std::max<int64_t>(V, 1) * 4 * (has_ref ? 2 : 1);
-  return std::clamp<int64_t>((int64_t{1} << 30) / bytes_per_row, 16, 8192);
+int64_t cuda_chunk_rows(int64_t V, bool has_ref) {
+  return chunk_rows(V, has_ref, int64_t{1} << 30, 16, 8192, "SAFEREGX_CUDA_CHUNK");
 }
 
 // The per-row outputs, and the (max, log-sum) pairs the gradient reads.
 struct Stats {
-  at::Tensor ce, kl, lse_z, lse_r, pairs;  // fp32 [N] x 4, [4, N]
+  at::Tensor ce, kl, pairs;  // fp32 [N] x 2, [4, N]
 
   explicit Stats(const Problem& p) {
     const auto f32 = p.h.options().dtype(at::kFloat);
     ce = at::empty({p.N}, f32);
     kl = at::empty({p.N}, f32);
-    lse_z = at::empty({p.N}, f32);
-    lse_r = at::empty({p.N}, f32);
     pairs = at::empty({4, p.N}, f32);
   }
 
   StatsOut from_row(int64_t s) {
     float* q = pairs.data_ptr<float>();
     const int64_t n = ce.size(0);
-    return {ce.data_ptr<float>() + s, kl.data_ptr<float>() + s, lse_z.data_ptr<float>() + s,
-            lse_r.data_ptr<float>() + s, q + s, q + n + s, q + 2 * n + s, q + 3 * n + s};
+    return {ce.data_ptr<float>() + s, kl.data_ptr<float>() + s, q + s, q + n + s, q + 2 * n + s,
+            q + 3 * n + s};
   }
 };
 
@@ -164,7 +136,7 @@ void run_chunks(const Problem& p, Stats& st, const at::Tensor& coef, at::Tensor&
                 at::Tensor& dw) {
   if (p.N == 0) return;
   const bool need_dz = coef.defined();
-  const int64_t chunk = std::min(chunk_rows(p.V, p.has_ref), p.N);
+  const int64_t chunk = std::min(cuda_chunk_rows(p.V, p.has_ref), p.N);
   const auto f32 = p.h.options().dtype(at::kFloat);
   at::Tensor tiles = at::empty({(p.has_ref ? 2 : 1) * chunk, p.V}, f32);
   at::Tensor stacked = p.has_ref && p.shared ? at::empty({2 * chunk, p.D}, p.h.options())
@@ -208,13 +180,6 @@ void run_chunks(const Problem& p, Stats& st, const at::Tensor& coef, at::Tensor&
   }
 }
 
-std::tuple<at::Tensor, at::Tensor> grad_buffers(const Problem& p, bool grad_hidden,
-                                                bool grad_weight) {
-  const auto f32 = p.h.options().dtype(at::kFloat);
-  return {grad_hidden ? at::empty({p.N, p.D}, f32) : at::empty({0}, f32),
-          grad_weight ? at::zeros({p.V, p.D}, f32) : at::empty({0}, f32)};
-}
-
 // [2, N] coefficients: alpha_i scale_i and beta_i scale_i on valid rows, 0 on ignored ones.
 at::Tensor coefficients(const Problem& p, const at::Tensor& scale) {
   return at::stack({at::where(p.valid, p.alpha * scale, 0.0),
@@ -222,8 +187,7 @@ at::Tensor coefficients(const Problem& p, const at::Tensor& scale) {
       .contiguous();
 }
 
-using FwdResult =
-    std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+using FwdResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
 FwdResult safety_loss_fwd_cuda(const at::Tensor& hidden, const at::Tensor& weight,
                                const at::Tensor& labels,
@@ -233,14 +197,12 @@ FwdResult safety_loss_fwd_cuda(const at::Tensor& hidden, const at::Tensor& weigh
                                const std::optional<at::Tensor>& kl_weight, int64_t kl_mode,
                                int64_t ignore_index, int64_t reduction, bool grad_hidden,
                                bool grad_weight) {
-  TORCH_CHECK(reduction >= kReductionNone && reduction <= kReductionSum, "bad reduction");
-  TORCH_CHECK(reduction != kReductionNone || !(grad_hidden || grad_weight),
-              "gradients in the forward need a scalar reduction; use safety_loss_bwd");
+  check_reduction(reduction, grad_hidden, grad_weight);
   const c10::cuda::CUDAGuard guard(hidden.device());
   const Problem p = make_problem(hidden, weight, labels, ref_hidden, ref_weight, ce_weight,
                                  kl_weight, kl_mode, ignore_index);
   Stats st(p);
-  auto [dh, dw] = grad_buffers(p, grad_hidden, grad_weight);
+  auto [dh, dw] = grad_buffers(p, p.h.options().dtype(at::kFloat), grad_hidden, grad_weight);
   const at::Tensor n_valid = p.valid.sum().clamp_min(1).to(at::kFloat);  // stays on the device
   at::Tensor coef;
   if (grad_hidden || grad_weight)
@@ -251,23 +213,22 @@ FwdResult safety_loss_fwd_cuda(const at::Tensor& hidden, const at::Tensor& weigh
   at::Tensor loss = reduction == kReductionNone ? rows
                     : reduction == kReductionSum ? rows.sum()
                                                  : rows.sum() / n_valid;
-  return {loss, st.ce, st.kl, st.lse_z, st.lse_r, dh, dw};
+  return {loss, st.ce, st.kl, dh, dw};
 }
 
 // reduction='none' gradients: the row statistics are recomputed from the tiles (as the CPU
-// kernel does) rather than read from the saved fp32 lse, which is only good to its ulp.
+// kernel does; kl too, so the forward's is only checked).
 std::tuple<at::Tensor, at::Tensor> safety_loss_bwd_cuda(
     const at::Tensor& grad_rows, const at::Tensor& hidden, const at::Tensor& weight,
     const at::Tensor& labels, const std::optional<at::Tensor>& ref_hidden,
     const std::optional<at::Tensor>& ref_weight, const std::optional<at::Tensor>& ce_weight,
-    const std::optional<at::Tensor>& kl_weight, const at::Tensor& lse_z, const at::Tensor& lse_r,
-    const at::Tensor& kl, int64_t kl_mode, int64_t ignore_index, bool grad_hidden,
-    bool grad_weight) {
+    const std::optional<at::Tensor>& kl_weight, const at::Tensor& kl, int64_t kl_mode,
+    int64_t ignore_index, bool grad_hidden, bool grad_weight) {
   const c10::cuda::CUDAGuard guard(hidden.device());
   const Problem p = make_problem(hidden, weight, labels, ref_hidden, ref_weight, ce_weight,
                                  kl_weight, kl_mode, ignore_index);
-  TORCH_CHECK(grad_rows.dim() == 1 && grad_rows.size(0) == p.N, "grad_rows must be [N]");
-  auto [dh, dw] = grad_buffers(p, grad_hidden, grad_weight);
+  check_row_inputs(p, grad_rows, kl);
+  auto [dh, dw] = grad_buffers(p, p.h.options().dtype(at::kFloat), grad_hidden, grad_weight);
   if (!(grad_hidden || grad_weight)) return {dh, dw};
   Stats st(p);
   run_chunks(p, st, coefficients(p, grad_rows.to(at::kFloat)), dh, dw);

@@ -5,15 +5,16 @@
 // total is the physical floor of four GEMMs: per chunk of rows, the binding forms fp32 logit
 // tiles z = h W^T and r = g W_ref^T with cublasGemmEx (bf16/fp16/fp32 inputs, fp32 output; one
 // GEMM for both when the head is shared), then
-//   row_stats_kernel   one block per row: row max, then the max-shifted sums -> CE, KL, lse and
+//   row_stats_kernel   one block per row: row max, then the max-shifted sums -> CE, KL and
 //                      the (max, log-sum) pairs that keep log p exact at |z| ~ 1e3;
 //   row_grad_kernel    one block per row: dL/dz overwrites z in place (and, for bf16/fp16
 //                      inputs, is rounded into an input-dtype copy as the GEMM operand);
 // and cuBLAS finishes with dh = dz W and dW += dz^T h (fp32 accumulators). Memory is
 // O(chunk * V), never [N, V]. The Triton backend streams instead (see docs/gpu.md).
 //
-// The element math (max-shifted KL sums, the logit gradient) and the row-major -> cuBLAS layout
-// mapping are __host__ __device__ / host functions, so a host program tests them without a GPU.
+// The element math (max-shifted KL sums, the logit gradient) is csrc/common/element_math.h,
+// shared with the CPU kernel; it and the row-major -> cuBLAS layout mapping are
+// __host__ __device__ / host functions, so a host program tests them without a GPU.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -23,77 +24,49 @@
 #include <cmath>
 #include <cstdint>
 
+#include "element_math.h"
+
 namespace saferegx::cuda {
 
-constexpr int kForwardKL = 0, kReverseKL = 1;
 constexpr int kRowThreads = 256;
 
 // ---------------------------------------------------------------------------------------------
-// Element math, shared by the kernels and the host test.
+// Element math: csrc/common/element_math.h (shared with the CPU kernel) with libm's expf, in
+// fp32. These wrappers fix the types and the exp, and are what the host test calls.
 
-// With a' = a - ma, b' = b - mb: sa = sum e^a', sb = sum e^b', t = sum e^b' (b' - a'). Then
-// KL(softmax b || softmax a) = t / sb + log sa - log sb: the maxima cancel exactly, so equal rows
-// give KL = 0 even at |z| ~ 1e3. Forward KL(q || p) is (a, b) = (z, r), reverse (r, z).
-// Without a reference only sa (over z) is used.
-struct RowSums {
-  float sa = 0.f, sb = 0.f, t = 0.f;
-};
-
-__host__ __device__ inline RowSums operator+(RowSums x, const RowSums& y) {
-  x.sa += y.sa;
-  x.sb += y.sb;
-  x.t += y.t;
-  return x;
-}
+using RowSums = math::RowSums<float>;
+using RowStats = math::RowStats<float>;
+using Lse = math::Lse<float>;
 
 __host__ __device__ inline void accumulate_ce(RowSums& s, float z, float mz) { s.sa += expf(z - mz); }
 
 __host__ __device__ inline void accumulate_kl(RowSums& s, float a, float b, float ma, float mb) {
-  const float xa = a - ma, xb = b - mb, eb = expf(xb);
-  s.sa += expf(xa);
-  s.sb += eb;
-  s.t += eb * (xb - xa);
+  math::accumulate_kl(s, a, b, ma, mb, math::LibmExp{});
 }
-
-// A row's statistics; lse = max + log_sum, kept apart for the gradient (an fp32 lse of ~1e3 is
-// only good to its ulp, 6e-5, which would cost p = exp(z - lse) that much relative accuracy).
-struct RowStats {
-  float ce = 0.f, kl = 0.f, max_z = 0.f, log_sz = 0.f, max_r = 0.f, log_sr = 0.f;
-};
 
 __host__ __device__ inline RowStats finish_stats(const RowSums& s, float max_z, float max_r,
                                                  float z_label, bool has_ref, int kl_mode) {
-  RowStats st;
-  st.max_z = max_z;
-  if (!has_ref) {
-    st.log_sz = logf(s.sa);
-  } else {
-    const bool fwd = kl_mode == kForwardKL;
-    st.max_r = max_r;
-    st.log_sz = logf(fwd ? s.sa : s.sb);
-    st.log_sr = logf(fwd ? s.sb : s.sa);
-    st.kl = s.t / s.sb + logf(s.sa) - logf(s.sb);
-  }
-  st.ce = (max_z - z_label) + st.log_sz;
-  return st;
+  return math::finish_stats(s, max_z, max_r, z_label, has_ref, kl_mode);
 }
 
-// dL/dz_v = ca (p_v - [v = y]) + cb dKL/dz_v, with ca = alpha_i s_i and cb = beta_i s_i;
-// forward dKL(q || p)/dz = p - q, reverse dKL(p || q)/dz = p (log p - log q - KL).
+// A row's coefficients ca = alpha_i s_i, cb = beta_i s_i and statistics, for grad_element.
 struct GradCoefs {
-  float ca, cb, kl, max_z, log_sz, max_r, log_sr;
+  float ca, cb, kl;
+  Lse z, r;
   bool has_ref;
   int kl_mode;
 };
 
+// dL/dz_v = ca (p_v - [v = y]) + cb dKL/dz_v.
 __host__ __device__ inline float grad_element(float z, float r, bool is_label, const GradCoefs& c) {
-  const float log_p = (z - c.max_z) - c.log_sz;
-  const float p = expf(log_p);
-  float d = c.ca * p;
-  if (c.has_ref) {
-    const float log_q = (r - c.max_r) - c.log_sr;
-    d += c.kl_mode == kForwardKL ? c.cb * (p - expf(log_q)) : c.cb * (p * (log_p - log_q - c.kl));
-  }
+  const math::LibmExp exp{};
+  float d;
+  if (!c.has_ref)
+    d = math::grad_ce(z, c.z, c.ca, exp);
+  else if (c.kl_mode == kForwardKL)
+    d = math::grad_forward(z, r, c.z, c.r, c.ca, c.cb, exp);
+  else
+    d = math::grad_reverse(z, r, c.z, c.r, c.kl, c.ca, c.cb, exp);
   return is_label ? d - c.ca : d;
 }
 
@@ -169,8 +142,8 @@ __device__ inline RowSums block_sum(RowSums s) {
 
 // Per-row outputs of a chunk (each pointer already offset to the chunk's first row).
 struct StatsOut {
-  float *ce, *kl, *lse_z, *lse_r;             // the op's outputs (0 on ignored rows)
-  float *max_z, *log_sz, *max_r, *log_sr;     // the pairs the gradient kernel reads
+  float *ce, *kl;                          // the op's outputs (0 on ignored rows)
+  float *max_z, *log_sz, *max_r, *log_sr;  // the (max, log-sum) pairs the gradient kernel reads
 };
 
 __global__ void __launch_bounds__(kRowThreads)
@@ -181,7 +154,7 @@ row_stats_kernel(const float* __restrict__ z, const float* __restrict__ r, int64
   const int64_t y = labels[row];
   if (y == ignore_index) {  // uniform over the block: no thread reaches a barrier below
     if (threadIdx.x == 0) {
-      out.ce[row] = out.kl[row] = out.lse_z[row] = out.lse_r[row] = 0.f;
+      out.ce[row] = out.kl[row] = 0.f;
       out.max_z[row] = out.log_sz[row] = out.max_r[row] = out.log_sr[row] = 0.f;
     }
     return;
@@ -212,12 +185,10 @@ row_stats_kernel(const float* __restrict__ z, const float* __restrict__ r, int64
     const RowStats st = finish_stats(s, mz, mr, z_label, rr != nullptr, kl_mode);
     out.ce[row] = st.ce;
     out.kl[row] = st.kl;
-    out.lse_z[row] = st.max_z + st.log_sz;
-    out.lse_r[row] = rr ? st.max_r + st.log_sr : 0.f;
-    out.max_z[row] = st.max_z;
-    out.log_sz[row] = st.log_sz;
-    out.max_r[row] = st.max_r;
-    out.log_sr[row] = st.log_sr;
+    out.max_z[row] = st.z.max;
+    out.log_sz[row] = st.z.log_sum;
+    out.max_r[row] = st.r.max;
+    out.log_sr[row] = st.r.log_sum;
   }
 }
 
@@ -245,8 +216,8 @@ row_grad_kernel(float* __restrict__ z, const float* __restrict__ r, int64_t V,
     }
     return;
   }
-  const GradCoefs c{coef_ce[row], coef_kl[row], st.kl[row], st.max_z[row], st.log_sz[row],
-                    st.max_r[row], st.log_sr[row], rr != nullptr, kl_mode};
+  const GradCoefs c{coef_ce[row], coef_kl[row], st.kl[row], Lse{st.max_z[row], st.log_sz[row]},
+                    Lse{st.max_r[row], st.log_sr[row]}, rr != nullptr, kl_mode};
   for (int64_t v = threadIdx.x; v < V; v += kRowThreads) {
     const float d = grad_element(zr[v], rr ? rr[v] : 0.f, v == y, c);
     zr[v] = d;

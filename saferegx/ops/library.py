@@ -3,10 +3,13 @@
 The schema and the CPU kernels come from C++ (csrc/); other backends (Triton) define ops with the
 same signature and reuse `register_autograd_for`. The loss is terminal, so for scalar reductions
 the forward already forms the gradients (for grad_output = 1) and the backward only scales them;
-for reduction='none' the backward op recomputes the logit tiles from the saved row statistics.
+for reduction='none' the backward op recomputes the logit tiles (and each row's log-sum-exp) from
+the saved inputs and the forward's per-row KL.
 """
 import torch
 
+# The integer codes of the ops' kl_mode and reduction arguments; C++ and CUDA define the same
+# values in csrc/common/codes.h (tests/test_op_library.py checks that they agree).
 KL_MODES = {"forward": 0, "reverse": 1}
 REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
 REDUCTION_NONE = REDUCTIONS["none"]
@@ -28,12 +31,12 @@ def fake_fwd(hidden, weight, labels, ref_hidden, ref_weight, ce_weight, kl_weigh
         return hidden.new_empty(shape, dtype=acc)
 
     loss = new(n) if reduction == REDUCTION_NONE else new()
-    return (loss, new(n), new(n), new(n), new(n),
+    return (loss, new(n), new(n),
             new(n, d) if grad_hidden else new(0), new(v, d) if grad_weight else new(0))
 
 
-def fake_bwd(grad_rows, hidden, weight, labels, ref_hidden, ref_weight, ce_weight, kl_weight,
-             lse_z, lse_r, kl, kl_mode, ignore_index, grad_hidden, grad_weight):
+def fake_bwd(grad_rows, hidden, weight, labels, ref_hidden, ref_weight, ce_weight, kl_weight, kl,
+             kl_mode, ignore_index, grad_hidden, grad_weight):
     """Shapes and dtypes of safety_loss_bwd's outputs."""
     n, d = hidden.shape
     acc = acc_dtype(hidden)
@@ -47,15 +50,15 @@ def register_autograd_for(fwd_name: str, bwd_op) -> None:
     def setup_context(ctx, inputs, output):
         (hidden, weight, labels, ref_hidden, ref_weight, ce_weight, kl_weight, kl_mode,
          ignore_index, reduction, grad_hidden, grad_weight) = inputs
-        _, ce, kl, lse_z, lse_r, gh, gw = output
-        ctx.mark_non_differentiable(ce, kl, lse_z, lse_r, gh, gw)
+        _, ce, kl, gh, gw = output
+        ctx.mark_non_differentiable(ce, kl, gh, gw)
         ctx.args = (kl_mode, ignore_index)
         ctx.reduction = reduction
         ctx.dtypes = (hidden.dtype, weight.dtype)
         ctx.formed = (grad_hidden, grad_weight)
         if reduction == REDUCTION_NONE:
             ctx.save_for_backward(hidden, weight, labels, ref_hidden, ref_weight, ce_weight,
-                                  kl_weight, lse_z, lse_r, kl)
+                                  kl_weight, kl)
         else:
             ctx.save_for_backward(gh, gw)
 

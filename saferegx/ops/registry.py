@@ -27,13 +27,16 @@ class Backend:
     ready: Callable[[torch.device], bool]    # usable for tensors on this device here
 
 
-def _cpp_ready(device_type: str) -> Callable[[torch.device], bool]:
-    """The C++ extension is loaded and has a kernel for the device's dispatch key."""
-    key = {"cpu": "CPU", "cuda": "CUDA"}[device_type]
+# Whether the C++ extension registered a kernel for each device type, read once at import: the
+# dispatcher query cannot run under torch.compile tracing, and the answer never changes.
+_CPP_KERNELS = {t: library.CPP_AVAILABLE and torch._C._dispatch_has_kernel_for_dispatch_key(
+    "saferegx::safety_loss_fwd", key) for t, key in (("cpu", "CPU"), ("cuda", "CUDA"))}
 
+
+def _cpp_ready(device_type: str) -> Callable[[torch.device], bool]:
+    """The C++ extension is loaded and has a kernel for the device type."""
     def ready(device: torch.device) -> bool:
-        return (device.type == device_type and library.CPP_AVAILABLE
-                and torch._C._dispatch_has_kernel_for_dispatch_key("saferegx::safety_loss_fwd", key))
+        return device.type == device_type and _CPP_KERNELS[device_type]
     return ready
 
 

@@ -183,6 +183,11 @@ def _grad_kernel(h_ptr, g_ptr, w_ptr, wr_ptr, labels_ptr, coef_ptr, lse_ptr, kl_
                           mask=(cols[:, None] < V) & d_ok, sem="relaxed")
 
 
+def _codes(codes: dict) -> str:
+    """'0 (none), 1 (mean), 2 (sum)': a code table for error messages."""
+    return ", ".join(f"{code} ({name})" for name, code in codes.items())
+
+
 def _config(device: torch.device) -> tuple[dict, dict, int]:
     """(tile sizes, launch options, target number of stats programs) for `device`.
 
@@ -203,12 +208,12 @@ class _Inputs:
                  kl_mode, ignore_index):
         if hidden.dtype not in _DTYPES:
             raise TypeError(f"the triton backend takes float32/bfloat16/float16 inputs, got "
-                            f"{hidden.dtype}; use backend='cpu' or 'reference' for float64")
+                            f"{hidden.dtype}; use backend='cpu' or 'unfused' for float64")
         for name, t in (("weight", weight), ("ref_hidden", ref_hidden), ("ref_weight", ref_weight)):
             if t is not None and t.dtype != hidden.dtype:
                 raise TypeError(f"{name} dtype {t.dtype} differs from hidden dtype {hidden.dtype}")
-        if kl_mode not in (0, 1):
-            raise ValueError(f"kl_mode must be 0 (forward) or 1 (reverse), got {kl_mode}")
+        if kl_mode not in library.KL_MODES.values():
+            raise ValueError(f"kl_mode must be one of {_codes(library.KL_MODES)}, got {kl_mode}")
         self.h, self.w = hidden.contiguous(), weight.contiguous()
         self.has_ref = ref_hidden is not None
         self.shared = ref_weight is None
@@ -216,7 +221,7 @@ class _Inputs:
         self.wr = self.w if self.shared else ref_weight.contiguous()
         self.labels = labels.to(torch.int64).contiguous()
         self.ignore_index = ignore_index
-        self.reverse = kl_mode == 1
+        self.reverse = kl_mode == library.KL_MODES["reverse"]
         self.valid = self.labels != ignore_index
         self.n, self.d = hidden.shape
         self.v = weight.shape[0]
@@ -232,7 +237,7 @@ class _Inputs:
         return dict(HAS_REF=self.has_ref, SHARED=self.shared, REVERSE=self.reverse, **self.blocks)
 
     def row_stats(self):
-        """(ce, kl, lse_z, lse_r), each [N] fp32, zero on ignored rows, and the lse pairs."""
+        """(ce, kl), each [N] fp32 and zero on ignored rows, and the [4, N] lse pairs."""
         bn, bv = self.blocks["BLOCK_N"], self.blocks["BLOCK_V"]
         row_blocks, v_blocks = triton.cdiv(self.n, bn), triton.cdiv(self.v, bv)
         want = max(1, min(v_blocks, triton.cdiv(self.programs, max(row_blocks, 1))))
@@ -253,10 +258,8 @@ class _Inputs:
         log_z = sum_z.log()
         zero = torch.zeros_like(max_z)
         ce = torch.where(self.valid, (max_z - z_label.sum(0)) + log_z, zero)
-        lse_z = torch.where(self.valid, max_z + log_z, zero)
         if not self.has_ref:
-            pairs = torch.stack([max_z, log_z, zero, zero])
-            return ce, zero, lse_z, torch.zeros_like(zero), pairs  # outputs must not alias
+            return ce, zero, torch.stack([max_z, log_z, zero, zero])
         max_r = m_r.amax(0)
         sum_r = (s_r * torch.exp(m_r - max_r)).sum(0)
         log_r = sum_r.log()
@@ -271,8 +274,7 @@ class _Inputs:
             u_total = ((u - moved * s_r) * torch.exp(m_r - max_r)).sum(0)
             kl = u_total / sum_r + log_z - log_r
         kl = torch.where(self.valid, kl, zero)
-        pairs = torch.stack([max_z, log_z, max_r, log_r])
-        return ce, kl, lse_z, torch.where(self.valid, max_r + log_r, zero), pairs
+        return ce, kl, torch.stack([max_z, log_z, max_r, log_r])
 
     def grads(self, scale, lse_pairs, kl, grad_hidden, grad_weight):
         """fp32 (dh or [0], dW or [0]) for per-row loss scale `scale` (grad_output x reduction)."""
@@ -299,16 +301,15 @@ def _safety_loss_fwd(
     ref_hidden: Optional[torch.Tensor], ref_weight: Optional[torch.Tensor],
     ce_weight: Optional[torch.Tensor], kl_weight: Optional[torch.Tensor], kl_mode: int,
     ignore_index: int, reduction: int, grad_hidden: bool, grad_weight: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-           torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """saferegx::safety_loss_fwd in Triton (same contract as the C++ op, fp32 outputs)."""
-    if reduction not in (0, 1, 2):
-        raise ValueError(f"reduction must be 0 (none), 1 (mean) or 2 (sum), got {reduction}")
-    if reduction == library.REDUCTION_NONE and (grad_hidden or grad_weight):
+    if reduction not in library.REDUCTIONS.values():
+        raise ValueError(f"reduction must be one of {_codes(library.REDUCTIONS)}, got {reduction}")
+    if reduction == library.REDUCTIONS["none"] and (grad_hidden or grad_weight):
         raise ValueError("gradients in the forward need a scalar reduction; use safety_loss_bwd")
     x = _Inputs(hidden, weight, labels, ref_hidden, ref_weight, ce_weight, kl_weight, kl_mode,
                 ignore_index)
-    ce, kl, lse_z, lse_r, lse_pairs = x.row_stats()
+    ce, kl, lse_pairs = x.row_stats()
     rows = x.alpha * ce + x.beta * kl
     scale = 1.0
     if reduction == library.REDUCTIONS["none"]:
@@ -319,27 +320,25 @@ def _safety_loss_fwd(
         scale = 1.0 / x.valid.sum().clamp_min(1).to(torch.float32)
         loss = rows.sum() * scale
     dh, dw = x.grads(scale, lse_pairs, kl, grad_hidden, grad_weight)
-    return loss, ce, kl, lse_z, lse_r, dh, dw
+    return loss, ce, kl, dh, dw
 
 
 @triton_op("saferegx::safety_loss_bwd_triton", mutates_args=())
 def _safety_loss_bwd(
     grad_rows: torch.Tensor, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
     ref_hidden: Optional[torch.Tensor], ref_weight: Optional[torch.Tensor],
-    ce_weight: Optional[torch.Tensor], kl_weight: Optional[torch.Tensor], lse_z: torch.Tensor,
-    lse_r: torch.Tensor, kl: torch.Tensor, kl_mode: int, ignore_index: int, grad_hidden: bool,
-    grad_weight: bool,
+    ce_weight: Optional[torch.Tensor], kl_weight: Optional[torch.Tensor], kl: torch.Tensor,
+    kl_mode: int, ignore_index: int, grad_hidden: bool, grad_weight: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """saferegx::safety_loss_bwd in Triton: reduction='none' gradients, tiles recomputed.
 
-    The row statistics are recomputed too (two more GEMM-sized passes) rather than read from the
-    saved lse_z/lse_r/kl: an fp32 lse at |z| ~ 1e3 is only good to its ulp (6e-5), which costs
-    p = exp(z - lse) that much relative accuracy; the (max, log-sum) pairs keep it (as the C++
-    backward, which re-reads its held tiles). The scalar reductions never come here.
+    The row statistics are recomputed too (two more GEMM-sized passes), the (max, log-sum) pairs
+    that keep log p exact at |z| ~ 1e3 with them (the C++ backward re-reads its held tiles
+    instead); the forward's kl is not needed. The scalar reductions never come here.
     """
     x = _Inputs(hidden, weight, labels, ref_hidden, ref_weight, ce_weight, kl_weight, kl_mode,
                 ignore_index)
-    _, kl_rows, _, _, lse_pairs = x.row_stats()
+    _, kl_rows, lse_pairs = x.row_stats()
     return x.grads(grad_rows.to(torch.float32), lse_pairs, kl_rows, grad_hidden, grad_weight)
 
 
