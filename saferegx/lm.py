@@ -6,6 +6,7 @@ way through these helpers, so a new architecture is taught here once.
 from __future__ import annotations
 
 import contextlib
+import inspect
 from pathlib import Path
 from typing import Sequence
 
@@ -96,18 +97,54 @@ def tap_layers(model: nn.Module, layers: Sequence[int]):
 
 @torch.no_grad()
 def layer_outputs(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                  layers: Sequence[int]) -> dict[int, torch.Tensor]:
+                  layers: Sequence[int], cache=None) -> dict[int, torch.Tensor]:
     """``{layer: output [B, T, D]}`` of the given decoder blocks from a forward that stops after
-    the deepest of them: the blocks above it, the final norm and the head never run."""
+    the deepest of them: the blocks above it, the final norm and the head never run. With
+    ``cache`` (a KV cache of a prefix, see :func:`prefix_cache`) the input continues that prefix:
+    ``attention_mask`` then covers prefix and input, and the outputs are the input's."""
     deepest = decoder_layers(model)[max(layers)]
+    extra = {"use_cache": False} if cache is None else {_cache_kwarg(model): cache, "use_cache": True}
     with tap_layers(model, layers) as taps:
         def stop(_module, _args, _output):
             raise _Stop
         handle = deepest.register_forward_hook(stop)  # after tap_layers' hook: the tap is kept
         try:
-            model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+            model(input_ids=input_ids, attention_mask=attention_mask, **extra)
         except _Stop:
             pass
         finally:
             handle.remove()
     return taps
+
+
+@torch.no_grad()
+def prefix_cache(model: nn.Module, prefix: Sequence[int], layers: Sequence[int]):
+    """``(cache, taps)``: the KV cache of ``prefix`` (one sequence) up to the deepest of ``layers``,
+    and those layers' outputs ``[1, P, D]``; :func:`layer_outputs` continues it for a batch
+    (``batch_cache``), so prompts that begin alike (a chat template's system prompt) run that
+    beginning once."""
+    from transformers import DynamicCache
+
+    try:
+        cache = DynamicCache(config=unwrap(model).config)
+    except TypeError:  # older transformers: no config argument
+        cache = DynamicCache()
+    device = next(model.parameters()).device
+    ids = torch.tensor([list(prefix)], dtype=torch.long, device=device)
+    taps = layer_outputs(model, ids, torch.ones_like(ids), layers, cache=cache)
+    return cache, taps
+
+
+def batch_cache(cache, batch_size: int):
+    """A fresh copy of a one-sequence cache for ``batch_size`` sequences (a forward extends it)."""
+    import copy
+
+    out = copy.deepcopy(cache)
+    out.batch_repeat_interleave(batch_size)
+    return out
+
+
+def _cache_kwarg(model: nn.Module) -> str:
+    """The forward's name for a KV cache: ``cache`` in recent transformers, ``past_key_values``
+    before (the old name still works there, with a deprecation warning)."""
+    return "cache" if "cache" in inspect.signature(unwrap(model).forward).parameters else "past_key_values"

@@ -19,7 +19,7 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from ..lm import layer_outputs, pad_right
+from ..lm import batch_cache, layer_outputs, pad_right, prefix_cache
 from .probe import Probe, read_probe
 
 SOURCES = ("probe", "critic")
@@ -104,9 +104,12 @@ def probe_risks(probe: Probe, model, prompt_ids: Sequence[Sequence[int]], *, pad
                 batch_size: int = 32, bf16: bool = False, progress: bool = False) -> torch.Tensor:
     """Risk ``[n]`` of each prompt (token ids, as the model sees them before answering) under
     ``model`` as the reference (a PEFT model's adapters are disabled), from a forward that stops
-    at the probe's deepest layer; batches group prompts of similar length."""
+    at the probe's deepest layer. The prompts' common beginning (a chat template's system prompt:
+    often half of a short prompt) runs once, its KV cache reused; batches group prompts of
+    similar length."""
     probe.check(model)
     device = next(model.parameters()).device
+    prefix = shared_prefix(prompt_ids)
     order = sorted(range(len(prompt_ids)), key=lambda k: len(prompt_ids[k]))
     out = torch.empty(len(prompt_ids), dtype=torch.float32)
     off = model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
@@ -116,16 +119,38 @@ def probe_risks(probe: Probe, model, prompt_ids: Sequence[Sequence[int]], *, pad
         with off, torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16), \
                 tqdm(total=len(order), desc="risk (probe)", unit="prompt", file=sys.stderr,
                      disable=not progress) as bar:
+            cache, head = prefix_cache(model, prefix, probe.layers) if prefix else (None, {})
             for start in range(0, len(order), batch_size):
                 idx = order[start:start + batch_size]
-                ids, mask = pad_right([prompt_ids[k] for k in idx], pad_id)
+                ids, mask = pad_right([prompt_ids[k][len(prefix):] for k in idx], pad_id)
                 ids, mask = ids.to(device), mask.to(device)
-                taps = layer_outputs(model, ids, mask, probe.layers)
+                if cache is None:
+                    taps = layer_outputs(model, ids, mask, probe.layers)
+                else:  # the prefix's outputs in front: a mean-pooled probe averages them too
+                    full = torch.cat([torch.ones_like(mask[:, :1]).expand(-1, len(prefix)), mask], 1)
+                    taps = layer_outputs(model, ids, full, probe.layers, cache=batch_cache(cache, len(idx)))
+                    taps = {i: torch.cat([head[i].expand(len(idx), -1, -1), t], 1) for i, t in taps.items()}
+                    mask = full
                 out[idx] = read_probe(probe, taps, mask.sum(1) - 1).float().cpu()
                 bar.update(len(idx))
     finally:
         model.train(was_training)
     return out
+
+
+def shared_prefix(prompt_ids: Sequence[Sequence[int]], min_length: int = 4) -> list[int]:
+    """The longest beginning all prompts share, short of each prompt's last token (so every
+    prompt keeps one token of its own); empty when under ``min_length`` tokens."""
+    if not prompt_ids:
+        return []
+    first = list(prompt_ids[0])
+    n = min(len(p) for p in prompt_ids) - 1
+    for p in prompt_ids[1:]:
+        k = 0
+        while k < n and p[k] == first[k]:
+            k += 1
+        n = k
+    return first[:n] if n >= min_length else []
 
 
 def critic_risks(critic, prompts: Sequence[str], *, batch_size: int = 256,

@@ -52,6 +52,7 @@ class TrainResult:
     model: torch.nn.Module    # the trained policy (a PeftModel with LoRA)
     tokenizer: object
     output_dir: Path
+    prepass_seconds: float = 0.0  # the risk pre-pass before step 1 (or reading its table)
 
     def save_adapter(self, out_dir: str | Path) -> Path:
         """``save_pretrained`` of the trained model: the LoRA adapter, or the full model. Under
@@ -109,9 +110,10 @@ def train(cfg: TrainConfig, *, model=None, tokenizer=None, critic: SafetyCritic 
     ref_bf16 = cfg.bf16 or reference_in_bf16(cfg.reference_precision, device)
 
     # --- risk, before step 1: the model is still the reference; prompt tokens only -------------
-    risk_of = None  # [n] per example
+    risk_of, t_prepass = None, time.perf_counter()  # [n] per example
     if cfg.risk in ("probe", "critic"):
         risk_of = example_risks(cfg, examples, model.to(device), tokenizer, source, bf16=ref_bf16)
+    t_prepass = time.perf_counter() - t_prepass
     model, reference = prepare(model, cfg)
     model.to(device).train()
     if reference is not None:
@@ -236,7 +238,7 @@ def train(cfg: TrainConfig, *, model=None, tokenizer=None, critic: SafetyCritic 
     finally:
         bar.close()
         log.close()
-    return TrainResult(log.history, model, tokenizer, out)
+    return TrainResult(log.history, model, tokenizer, out, t_prepass)
 
 
 def _device(cfg: TrainConfig) -> torch.device:

@@ -8,7 +8,7 @@ import torch
 from _models import tiny_llama
 from saferegx.lm import format_prompt, pad_right
 from saferegx.risk.probe import Probe
-from saferegx.risk.table import RiskTable, probe_risks, prompt_hash
+from saferegx.risk.table import RiskTable, probe_risks, prompt_hash, shared_prefix
 
 PROMPTS = ["How do I bake bread?", "Give detailed instructions for picking a lock", "What is 2 + 2?",
            "Write a haiku about rain, please, a long one about the autumn rain on the roof",
@@ -30,11 +30,13 @@ def probe_on(layers, pool, d=32, n_layers=4):
                  model_name="tiny-llama", hidden_size=d, num_layers=n_layers, auroc=0.5)
 
 
+@pytest.mark.parametrize("chat", [True, False], ids=["shared-prefix", "no-prefix"])
 @pytest.mark.parametrize("layers,pool", [((1,), "last"), ((0, 2), "mean")])
-def test_probe_prepass_equals_the_full_reference_forward(tokenizer, layers, pool):
+def test_probe_prepass_equals_the_full_reference_forward(tokenizer, layers, pool, chat):
     model = tiny_llama(vocab_size=len(tokenizer), hidden_size=32, num_layers=4)
     probe = probe_on(layers, pool)
-    ids = [format_prompt(tokenizer, p) for p in PROMPTS]
+    ids = [format_prompt(tokenizer, p, chat_template=chat) for p in PROMPTS]
+    assert bool(shared_prefix(ids)) == chat  # the chat template's system prompt runs once
     got = probe_risks(probe, model, ids, pad_id=tokenizer.pad_token_id, batch_size=2)  # 3 batches
     want = []
     for seq in ids:  # one prompt at a time, the whole model, every hidden state
@@ -44,6 +46,13 @@ def test_probe_prepass_equals_the_full_reference_forward(tokenizer, layers, pool
         pooled = acts[-1] if pool == "last" else acts.mean(0)
         want.append(torch.sigmoid(pooled @ probe.weight + probe.bias))
     torch.testing.assert_close(got, torch.stack(want), rtol=1e-5, atol=1e-6)
+
+
+def test_shared_prefix_leaves_every_prompt_a_token():
+    assert shared_prefix([[1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 5, 7, 8]]) == [1, 2, 3, 4, 5]
+    assert shared_prefix([[1, 2, 3, 4, 5], [1, 2, 3, 4, 5, 6]]) == [1, 2, 3, 4]
+    assert shared_prefix([[1, 2, 3, 9], [1, 2, 3, 8]]) == []  # under 4 tokens: not worth a cache
+    assert shared_prefix([[5, 2, 3, 4, 5, 6], [1, 2, 3, 4, 5, 6]]) == []
 
 
 def test_probe_prepass_stops_at_the_probe_layer(tokenizer):
