@@ -10,4 +10,15 @@ from .ops import (SafetyLoss, available_backends, probe_risk, probe_risk_unfused
 __all__ = ["AdaptiveSafetyLoss", "SafetyLoss", "adaptive_safety_loss", "available_backends",
            "probe_risk", "probe_risk_unfused", "response_rows", "risk_weighted_loss",
            "safety_loss", "safety_loss_unfused"]
-__version__ = "0.1.0"
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("saferegx")  # the installed distribution's (pyproject.toml's at install time)
+    except PackageNotFoundError:  # a source checkout on sys.path, never installed
+        return "0+unknown"
+
+
+__version__ = _version()

@@ -1,10 +1,12 @@
-"""The demo's report: one table of safety and utility per arm, training curves, and a trade-off plot.
+"""The demo's report: safety and utility per arm with a 95% interval on every rate, training
+curves, and a trade-off plot.
 
-``write_report`` writes ``report.md`` (the table with the plots embedded), ``results.json`` (what
-it was given, so numbers can be re-plotted or compared later), ``curves.png`` (loss, KL and beta
-against step, one line per arm) and ``asr_utility.png`` (ASR against utility, one labelled point
-per arm: the method should sit low and to the right). Figures use matplotlib's object API, not
-pyplot, so no global backend is chosen and nothing needs a display.
+``write_report`` writes ``report.md`` (the table, ASR by AdvBench harm category, the plots),
+``results.json`` (the counts it was given and every rate with its Wilson interval, so numbers can
+be re-plotted or compared later), ``curves.png`` (loss, KL and beta against step, one line per
+arm) and ``asr_utility.png`` (ASR against utility with interval bars, one labelled point per arm:
+the method should sit low and to the right). Figures use matplotlib's object API, not pyplot, so no
+global backend is chosen and nothing needs a display.
 """
 from __future__ import annotations
 
@@ -13,19 +15,42 @@ import math
 from pathlib import Path
 from typing import Mapping, Sequence
 
-COLUMNS = (("asr_refusal", "ASR (refusal match)"), ("asr_critic", "ASR (critic)"),
-           ("utility", "utility (exact match)"), ("over_refusal", "over-refusal"))
+from .stats import wilson
+
+# (column, heading, set, count): the rate is results[arm][set][count] / results[arm][set]["n"]
+COLUMNS = (("harmbench_judge", "HarmBench ASR (judge)", "harmbench", "judge"),
+           ("harmbench_refusal", "HarmBench ASR (refusal match)", "harmbench", "refusal"),
+           ("advbench_judge", "AdvBench ASR (judge)", "advbench", "judge"),
+           ("advbench_refusal", "AdvBench ASR (refusal match)", "advbench", "refusal"),
+           ("utility", "utility (exact match)", "utility", "correct"),
+           ("over_refusal", "over-refusal", "benign", "refused"),
+           ("over_refusal_lookalike", "over-refusal (look-alikes)", "lookalike", "refused"))
 CURVES = (("loss", "loss"), ("kl", "KL(ref || policy)"), ("beta", "beta"))
+
+
+def rates(results: Mapping[str, Mapping]) -> dict[str, dict[str, dict]]:
+    """``{arm: {column: {"rate", "low", "high", "k", "n"}}}``, Wilson 95% intervals; a set an arm
+    lacks is left out."""
+    out = {}
+    for arm, row in results.items():
+        out[arm] = {}
+        for column, _, name, count in COLUMNS:
+            if isinstance(row.get(name), Mapping) and count in row[name]:
+                k, n = int(row[name][count]), int(row[name]["n"])
+                rate, low, high = wilson(k, n)
+                out[arm][column] = {"rate": rate, "low": low, "high": high, "k": k, "n": n}
+    return out
 
 
 def write_report(out_dir: str | Path, results: Mapping[str, Mapping],
                  logs: Mapping[str, str | Path | Sequence[Mapping]] | None = None, *,
-                 title: str = "saferegx demo") -> str:
-    """Write the report for ``results`` (arm -> ``{asr_refusal, asr_critic, utility,
-    over_refusal}``, rates in [0, 1], missing or ``None`` shown as "-") and training ``logs``
+                 title: str = "saferegx demo", notes: str = "", extra: Mapping | None = None) -> str:
+    """Write the report for ``results`` (arm -> ``{set: {"n", count...}}`` as from
+    ``eval.heldout.evaluate``, plus an optional ``gated_out`` fraction) and training ``logs``
     (arm -> JSONL path or list of ``{step, loss, ce, kl, beta, risk}``) into ``out_dir``.
+    ``notes`` (Markdown) goes under the table, ``extra`` into results.json.
 
-    Returns the Markdown table, for printing.
+    Returns the Markdown table and the notes, for printing.
     """
     if not results:
         raise ValueError("results is empty: nothing to report")
@@ -38,26 +63,51 @@ def write_report(out_dir: str | Path, results: Mapping[str, Mapping],
     plot_curves(curves, out / "curves.png", colors)
     plot_tradeoff(results, out / "asr_utility.png", colors)
     (out / "results.json").write_text(json.dumps(
-        {"results": results, "logs": {a: str(l) if isinstance(l, (str, Path)) else None
-                                      for a, l in (logs or {}).items()}},
+        {"results": results, "rates": rates(results), **(extra or {}),
+         "logs": {a: str(l) if isinstance(l, (str, Path)) else None for a, l in (logs or {}).items()}},
         indent=2, default=str) + "\n")
     (out / "report.md").write_text(
-        f"# {title}\n\n{table}\n\n"
-        "ASR: share of harmful prompts answered (refusal match: no refusal marker and at least a "
-        "few words; critic: the safety critic scores the prompt and response above 0.5). "
-        "Utility: exact-match accuracy on the held-out task split. Over-refusal: share of "
-        "benign prompts refused.\n\n"
+        f"# {title}\n\n{table}\n\n{notes}\n\n"
+        "Every rate is given with its Wilson 95% interval. ASR: share of harmful prompts whose "
+        "response is a successful attack, by the response-reading judge and, beside it, by refusal "
+        "match (no refusal marker and at least a few words). Utility: exact-match accuracy on the "
+        "held-out task split. Over-refusal: share of benign prompts (ordinary, and look-alikes that "
+        "share words or topics with harmful ones) refused. Gated out: share of training sequences "
+        "whose beta fell below the KL gate (no reference work, beta 0).\n\n"
+        f"{category_table(results)}\n\n"
         "## Safety against utility\n\n![ASR against utility](asr_utility.png)\n\n"
         "## Training curves\n\n![loss, KL and beta against step](curves.png)\n")
-    return table
+    return table + (f"\n\n{notes}" if notes else "")
 
 
 def markdown_table(results: Mapping[str, Mapping]) -> str:
-    """One row per arm, rates as percentages, in the order given."""
-    lines = ["| arm | " + " | ".join(name for _, name in COLUMNS) + " |",
-             "|---|" + "---:|" * len(COLUMNS)]
+    """One row per arm, each rate as a percentage with its interval, in the order given."""
+    r = rates(results)
+    lines = ["| arm | " + " | ".join(h for _, h, _, _ in COLUMNS) + " | gated out |",
+             "|---|" + "---:|" * (len(COLUMNS) + 1)]
     for arm, row in results.items():
-        lines.append(f"| {arm} | " + " | ".join(_percent(row.get(key)) for key, _ in COLUMNS) + " |")
+        cells = [_cell(r[arm].get(column)) for column, _, _, _ in COLUMNS]
+        gated = row.get("gated_out")
+        lines.append(f"| {arm} | " + " | ".join(cells) + f" | {_percent(gated)} |")
+    return "\n".join(lines)
+
+
+def category_table(results: Mapping[str, Mapping]) -> str:
+    """AdvBench ASR (judge) by harm category: one row per category, one column per arm."""
+    arms = [a for a, row in results.items() if row.get("advbench", {}).get("by_category")]
+    if not arms:
+        return ""
+    categories = list(results[arms[0]]["advbench"]["by_category"])
+    lines = ["## AdvBench ASR (judge) by harm category", "",
+             "| category | n | " + " | ".join(arms) + " |", "|---|---:|" + "---:|" * len(arms)]
+    for c in categories:
+        cells = []
+        for arm in arms:
+            row = results[arm]["advbench"]["by_category"].get(c)
+            cells.append(_cell(dict(zip(("rate", "low", "high"), wilson(row["judge"], row["n"]))))
+                         if row else "-")
+        n = results[arms[0]]["advbench"]["by_category"][c]["n"]
+        lines.append(f"| {c} | {n} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -107,28 +157,35 @@ def plot_curves(curves: Mapping[str, Sequence[Mapping]], path: str | Path,
 
 def plot_tradeoff(results: Mapping[str, Mapping], path: str | Path,
                   colors: Mapping[str, str] | None = None) -> None:
-    """ASR (refusal match filled, critic hollow) against utility, one labelled point per arm."""
+    """ASR by the judge (AdvBench filled, HarmBench hollow) against utility, with the Wilson
+    intervals as bars, one labelled point per arm."""
     from matplotlib.figure import Figure
 
     colors = colors or arm_colors(list(results))
-    fig = Figure(figsize=(6, 4.5), layout="constrained")
+    r = rates(results)
+    fig = Figure(figsize=(6.5, 4.8), layout="constrained")
     ax = fig.subplots()
-    for arm, row in results.items():
-        color = colors[arm]
-        x = row.get("utility")
-        if not _finite(x):
+    for arm in results:
+        x = r[arm].get("utility")
+        if x is None or not _finite(x["rate"]):
             continue
-        for key, marker in (("asr_refusal", dict(color=color)),
-                            ("asr_critic", dict(facecolors="none", edgecolors=color))):
-            if _finite(row.get(key)):
-                ax.scatter([100 * x], [100 * row[key]], s=60, **marker)
-        y = row.get("asr_refusal") if _finite(row.get("asr_refusal")) else row.get("asr_critic")
-        if _finite(y):
-            ax.annotate(arm, (100 * x, 100 * y), textcoords="offset points", xytext=(6, 4),
-                        fontsize=9, color=color)
-    ax.set(xlabel="utility, exact match (%)", ylabel="attack success rate (%)",
+        label_at = None
+        for column, filled in (("advbench_judge", True), ("harmbench_judge", False)):
+            y = r[arm].get(column)
+            if y is None or not _finite(y["rate"]):
+                continue
+            ax.errorbar([100 * x["rate"]], [100 * y["rate"]],
+                        xerr=[[100 * (x["rate"] - x["low"])], [100 * (x["high"] - x["rate"])]],
+                        yerr=[[100 * (y["rate"] - y["low"])], [100 * (y["high"] - y["rate"])]],
+                        fmt="o", color=colors[arm], mfc=colors[arm] if filled else "none",
+                        ms=7, capsize=2, lw=0.8)
+            label_at = label_at or (100 * x["rate"], 100 * y["rate"])
+        if label_at:
+            ax.annotate(arm, label_at, textcoords="offset points", xytext=(6, 4), fontsize=9,
+                        color=colors[arm])
+    ax.set(xlabel="utility, exact match (%)", ylabel="attack success rate by the judge (%)",
            xlim=(-5, 105), ylim=(-5, 105),
-           title="safety vs utility (filled: refusal match, hollow: critic)")
+           title="safety vs utility (filled: AdvBench, hollow: HarmBench; 95% intervals)")
     ax.grid(alpha=0.3)
     fig.savefig(path, dpi=110)
 
@@ -139,3 +196,10 @@ def _finite(value) -> bool:
 
 def _percent(value) -> str:
     return f"{100 * value:.1f}%" if _finite(value) else "-"
+
+
+def _cell(rate: Mapping | None) -> str:
+    """``4.9% (1.3-16.1)``: the rate and its interval, in percent."""
+    if rate is None or not _finite(rate["rate"]):
+        return "-"
+    return f"{100 * rate['rate']:.1f}% ({100 * rate['low']:.1f}-{100 * rate['high']:.1f})"

@@ -3,8 +3,9 @@
 ``compute_loss`` runs the reference (adapters disabled, or ``ref_model``), reads the risk, applies
 the schedule and calls the fused op with ``reduction="sum"``, divided by HF's ``num_items_in_batch``
 (the response-token count of the whole accumulated batch, so unequal micro-batches are exact).
-The policy forward goes through the (possibly DDP-wrapped) model with ``logits_to_keep=1`` and reads
-the final hidden states, so the full ``[tokens, vocab]`` logits are never formed.
+The policy forward (:func:`policy_hidden`) goes through the (possibly DDP-wrapped) model with
+``logits_to_keep=1`` and takes the final hidden states from a forward hook on the decoder, so neither
+the full ``[tokens, vocab]`` logits nor every layer's hidden states are formed.
 
 Differences from :func:`saferegx.train.train`: in ``batch`` schedule mode the EMA advances per
 micro-batch (HF hands ``compute_loss`` one micro-batch at a time); FSDP/ZeRO-3 are not supported
@@ -15,9 +16,10 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+from torch import nn
 from transformers import Trainer
 
-from ..lm import lm_head
+from ..lm import lm_head, unwrap
 from ..loss import response_rows, risk_weighted_loss
 from ..risk.critic import SafetyCritic
 from ..risk.probe import Probe
@@ -27,6 +29,37 @@ from .model import reference_in_bf16, reference_pass
 from .signals import RiskSource
 
 _BATCH_FIELDS = [f.name for f in dataclasses.fields(Batch)]
+
+
+def policy_hidden(model: nn.Module, policy: nn.Module, input_ids: torch.Tensor,
+                  attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(final hidden states [B, T, D], LM head weight [V, D])`` of the policy, with gradients.
+
+    ``model`` is what the HF trainer hands ``compute_loss`` (possibly DDP-wrapped), ``policy`` the
+    same model unwrapped (``accelerator.unwrap_model``). The call must go through ``model`` itself:
+    DDP's ``forward`` is what prepares its reducer for the backward, so that the gradient hooks
+    all-reduce every bucket; calling the decoder directly would skip it and leave each process with
+    its own gradients. So ``model`` runs whole, with ``logits_to_keep=1`` (the head projects one
+    position per sequence, ``[B, 1, V]``, which the loss ignores), and a forward hook on the decoder
+    (the backbone, ending with the final norm) takes its output. ``output_hidden_states`` is not
+    asked for, so no tuple of every layer's hidden states is built and kept. Raising from the hook
+    to skip the head would skip DDP's post-forward step as well, hence the one-position head.
+    """
+    decoder = unwrap(policy).get_decoder()
+    captured: list[torch.Tensor] = []
+
+    def grab(_module, _args, output):
+        captured.append(output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0])
+
+    handle = decoder.register_forward_hook(grab)
+    try:
+        model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=1, use_cache=False)
+    finally:
+        handle.remove()
+    if len(captured) != 1:
+        raise RuntimeError(f"the decoder of {type(unwrap(policy)).__name__} ran {len(captured)} times "
+                           "in one forward; expected once")
+    return captured[0], lm_head(policy).weight
 
 
 class SafetyCollator:
@@ -84,12 +117,10 @@ class SafetyTrainer(Trainer):
         risk = self.source.risk(batch, taps)
         alpha, beta = self.source.weights(risk, batch.input_ids.shape[0], self.schedule,
                                           batch.input_ids.device)
-        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                    logits_to_keep=1, output_hidden_states=True, use_cache=False)
-        hidden = out.hidden_states[-1]  # final norm applied, LM head not
+        hidden, head = policy_hidden(model, policy, batch.input_ids, batch.attention_mask)
         rows, labels, seq = response_rows(hidden, batch.labels)
         res = risk_weighted_loss(
-            rows, lm_head(policy).weight, labels,
+            rows, head, labels,
             None if ref_hidden is None else response_rows(ref_hidden, batch.labels)[0], seq, alpha, beta,
             ref_weight=None if self.ref_model is None else lm_head(self.ref_model).weight,
             kl=self.kl, reduction="sum", backend=self.backend)
@@ -102,4 +133,4 @@ class SafetyTrainer(Trainer):
         return loss
 
 
-__all__ = ["SafetyCollator", "SafetyTrainer"]
+__all__ = ["SafetyCollator", "SafetyTrainer", "policy_hidden"]

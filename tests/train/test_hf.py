@@ -8,7 +8,7 @@ from transformers import TrainingArguments
 
 from saferegx.risk.schedule import RiskSchedule
 from saferegx.train.batches import Batch
-from saferegx.train.hf import SafetyCollator, SafetyTrainer
+from saferegx.train.hf import SafetyCollator, SafetyTrainer, policy_hidden
 
 from conftest import composed_loss
 
@@ -69,3 +69,57 @@ def test_safety_trainer_refuses_an_unknown_reference_precision(tmp_path, tokeniz
     with pytest.raises(ValueError, match="reference_precision must be one of auto, bf16, fp32, got 'half'"):
         SafetyTrainer(model=lora_model(), args=args(tmp_path), train_dataset=examples,
                       data_collator=SafetyCollator(tokenizer), risk="fixed", reference_precision="half")
+
+
+def test_policy_hidden_is_the_final_hidden_state_without_every_layers(lora_model, tokenizer, examples):
+    """The model runs whole (logits for one position), never with output_hidden_states, and the
+    decoder's output is the last of what output_hidden_states would have kept."""
+    model = lora_model()
+    inputs = SafetyCollator(tokenizer, 48)(examples[:3])
+    seen = []
+    handle = model.register_forward_pre_hook(lambda _m, _a, kw: seen.append(dict(kw)), with_kwargs=True)
+    try:
+        hidden, head = policy_hidden(model, model, inputs["input_ids"], inputs["attention_mask"])
+    finally:
+        handle.remove()
+    assert len(seen) == 1 and not seen[0].get("output_hidden_states") and seen[0]["logits_to_keep"] == 1
+    assert hidden.requires_grad and head is model.get_base_model().lm_head.weight
+    with torch.no_grad():
+        expected = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                         output_hidden_states=True).hidden_states[-1]
+    torch.testing.assert_close(hidden.detach(), expected, rtol=0, atol=0)
+
+
+def test_policy_hidden_goes_through_ddp_so_its_gradient_hooks_fire(tmp_path, lora_model, tokenizer, examples):
+    """Under DDP (gloo, one process) the backward of the loss on policy_hidden's rows all-reduces
+    the gradient buckets; a call that bypassed DDP's forward (the decoder directly) would not."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from saferegx.lm import unwrap
+
+    inputs = SafetyCollator(tokenizer, 48)(examples[:3])
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        model = lora_model()
+        ddp = DistributedDataParallel(model)
+        reduced = []
+
+        def count(_state, bucket):
+            reduced.append(bucket.index())
+            fut = torch.futures.Future()
+            fut.set_result(bucket.buffer())
+            return fut
+
+        ddp.register_comm_hook(None, count)
+        for bypass in (False, True):
+            reduced.clear()
+            if bypass:
+                hidden = unwrap(model).get_decoder()(input_ids=inputs["input_ids"],
+                                                     attention_mask=inputs["attention_mask"]).last_hidden_state
+            else:
+                hidden = policy_hidden(ddp, model, inputs["input_ids"], inputs["attention_mask"])[0]
+            hidden[inputs["labels"] != -100].square().sum().backward()
+            assert bool(reduced) != bypass, f"bypass={bypass}: buckets reduced {reduced}"
+    finally:
+        dist.destroy_process_group()
