@@ -13,9 +13,11 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--quick", action="store_true", help="small sizes, ~15 minutes on 2 cores")
     demo.add_argument("--seed", type=int, default=0)
     from .audit import add_parser as add_audit_parser
+    from .eval.judge_cli import add_parser as add_judge_parser
     from .risk.probe_cli import add_parser as add_probe_parser
 
     add_probe_parser(sub)
+    add_judge_parser(sub)
     add_audit_parser(sub)
     train = sub.add_parser("train", help="fine-tune with risk-adaptive safety regularization")
     train.add_argument("--config", required=True, help="YAML file of TrainConfig keys")
@@ -29,6 +31,10 @@ def main(argv: list[str] | None = None) -> int:
         from .risk.probe_cli import run as probe_run
 
         return probe_run(args)
+    elif args.command == "judge":
+        from .eval.judge_cli import run as judge_run
+
+        return judge_run(args)
     elif args.command == "audit":
         from .audit import run as audit_run
 

