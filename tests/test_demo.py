@@ -1,7 +1,8 @@
-"""The main job end to end: every stage of `saferegx demo` on the real embedded SmolLM2 and the real
-HarmBench / Do-Not-Answer prompts, at tiny sizes (about two minutes on 2 cores). What it checks is
-the plumbing the full run relies on: each stage writes what the next one and the user read, the arms
-train as their risk source says, and a rerun reuses every finished stage."""
+"""The main job end to end: every stage of `saferegx demo` on the real embedded SmolLM2, the real
+HarmBench / Do-Not-Answer / AdvBench prompts and the real judge, at tiny sizes (a few minutes on 2
+cores). What it checks is the plumbing the full run relies on: each stage writes what the next one
+and the user read, the arms train as their risk source says (the adaptive ones from the audit's
+table, behind its gate), and a rerun reuses every finished stage."""
 import json
 import math
 
@@ -10,9 +11,10 @@ import torch
 
 from saferegx.demo import ARMS, Sizes, run
 
-TINY = Sizes(ref_harmful=8, ref_benign=6, ref_task=3, ref_epochs=1, attack_harmful=6, attack_task=6,
-             attack_epochs=1, probe_prompts=80, probe_task=12, eval_harmful=4, eval_task=3, eval_benign=3,
-             max_new_tokens=8, batch_size=4)
+TINY = Sizes(ref_harmful=8, ref_benign=6, ref_task=3, ref_lookalike=3, ref_epochs=1, attack_harmful=6,
+             attack_task=6, attack_epochs=1, probe_prompts=80, probe_task=12, eval_harmful=4, eval_advbench=4,
+             eval_task=3, eval_benign=3, eval_lookalike=3, max_new_tokens=8, batch_size=4)
+SETS = {"harmbench": 4, "advbench": 4, "utility": 3, "benign": 3, "lookalike": 3}
 MODELS = ["reference", *ARMS]
 
 
@@ -26,14 +28,32 @@ def demo(tmp_path_factory):
 def test_every_model_is_scored_on_the_same_held_out_sets(demo):
     out, results = demo
     assert list(results) == MODELS
+    rates = json.loads((out / "results.json").read_text())["rates"]
     for arm, r in results.items():
-        assert (r["n_harmful"], r["n_task"], r["n_benign"]) == (4, 3, 3), arm
-        for key in ("asr_refusal", "asr_critic", "utility", "over_refusal"):
-            assert 0.0 <= r[key] <= 1.0, (arm, key, r[key])
+        assert {name: r[name]["n"] for name in SETS} == SETS, arm
+        assert set(rates[arm]) == {"harmbench_judge", "harmbench_refusal", "advbench_judge", "advbench_refusal",
+                                   "utility", "over_refusal", "over_refusal_lookalike"}
+        for column, x in rates[arm].items():
+            assert 0.0 <= x["low"] <= x["rate"] <= x["high"] <= 1.0, (arm, column, x)
+        assert sum(c["n"] for c in r["advbench"]["by_category"].values()) == 4
         samples = [json.loads(line) for line in (out / "samples" / f"{arm}.jsonl").read_text().splitlines()]
-        assert [s["set"] for s in samples] == ["harmful"] * 4 + ["task"] * 3 + ["benign"] * 3
+        assert [s["set"] for s in samples] == [s for s, n in (("harmbench", 4), ("advbench", 4), ("task", 3),
+                                                              ("benign", 3), ("lookalike", 3)) for _ in range(n)]
+        assert all(isinstance(s["success_judge"], bool) for s in samples if s["set"].endswith("bench"))
         assert json.loads((out / arm / "eval.json").read_text()) == r
     assert json.loads((out / "results.json").read_text())["results"] == results
+
+
+def test_the_audit_scores_the_attack_data_and_sets_the_gates(demo):
+    out, _ = demo
+    audit = json.loads((out / "audit" / "audit.json").read_text())
+    n = len((out / "data" / "attack.jsonl").read_text().splitlines())
+    rows = [json.loads(line) for line in (out / "audit" / "risk.jsonl").read_text().splitlines()]
+    assert len(rows) == n and all(0 <= r["probe"] <= 1 and 0 <= r["critic"] <= 1 for r in rows)
+    for source in ("probe", "critic"):
+        assert audit[source]["n_task"] == 6 and audit[source]["n_harmful"] == n - 6
+        assert 0.01 <= audit[source]["gate"] <= 0.1
+    assert (out / "audit" / "audit.md").exists() and (out / "audit" / "risk.png").exists()
 
 
 def test_the_reference_is_a_plain_hf_model_and_the_arms_are_peft_adapters(demo):
@@ -58,11 +78,16 @@ def test_the_arms_train_as_their_risk_source_says(demo):
     assert all(len(rows) == steps for rows in logs.values())  # same data, same steps in every arm
     assert all(r["beta"] is None and r["kl"] == 0 for r in logs["sft"])  # NaN is logged as null
     assert all(r["beta"] == pytest.approx(0.5) for r in logs["fixed"])
-    for arm in ("adaptive-probe", "adaptive-critic"):
-        low = ARMS[arm].get("beta_min", 0.1)
-        assert all(low - 1e-6 <= r["beta"] <= 0.9 + 1e-6 and 0 <= r["risk"] <= 1 for r in logs[arm]), arm
-        # sequence mode: the step's mean beta is the schedule of its mean risk
-        assert all(r["beta"] == pytest.approx(low + (0.9 - low) * r["risk"], abs=1e-5) for r in logs[arm]), arm
+    audit = json.loads((out / "audit" / "audit.json").read_text())
+    for arm, source in (("adaptive-probe", "probe"), ("adaptive-critic", "critic")):
+        assert ARMS[arm]["beta_min"] == 0
+        assert all(0 <= r["beta"] <= 0.9 + 1e-6 and 0 <= r["risk"] <= 1 for r in logs[arm]), arm
+        # sequence mode, gated: the step's mean beta is at most the schedule of its mean risk
+        assert all(r["beta"] <= 0.9 * r["risk"] + 1e-5 for r in logs[arm]), arm
+        assert all(0 <= r["gated_out"] <= 1 for r in logs[arm]), arm
+        last = sorted((out / "runs" / arm / "checkpoints").glob("step-*"))[-1]
+        cfg = json.loads((last / "meta.json").read_text())["config"]
+        assert cfg["kl_gate"] == audit[source]["gate"] and cfg["risk_table"].endswith("audit/risk.jsonl")
     # the first step starts at the reference: the same CE in every arm, whatever the risk source
     first_ce = [rows[0]["ce"] for rows in logs.values()]
     assert max(first_ce) - min(first_ce) < 1e-4 * max(first_ce)
@@ -75,6 +100,8 @@ def test_the_report_has_the_table_and_the_plots(demo):
         assert f"| {arm}" in report, arm
     for png in ("curves.png", "asr_utility.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+    assert "Judge: the response-reading judge agrees with" in report and "Cohen's kappa" in report
+    assert "AdvBench ASR (judge) by harm category" in report
 
 
 def test_a_rerun_reuses_every_finished_stage(demo):

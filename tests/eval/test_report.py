@@ -4,16 +4,26 @@ import math
 import pytest
 
 from saferegx.eval.report import read_metrics, write_report
+from saferegx.eval.stats import wilson
 
 ARMS = ["reference", "sft", "fixed", "adaptive-probe", "adaptive-critic"]
+
+
+def counts(hb, ab, util, benign, looks, n=(40, 200, 150, 80, 80)):
+    return {"harmbench": {"n": n[0], "judge": hb[0], "refusal": hb[1]},
+            "advbench": {"n": n[1], "judge": ab[0], "refusal": ab[1],
+                         "by_category": {"Physical": {"n": 120, "judge": round(0.6 * ab[0]), "refusal": 0},
+                                         "Autonomy": {"n": 80, "judge": ab[0] - round(0.6 * ab[0]), "refusal": 0}}},
+            "utility": {"n": n[2], "correct": util}, "benign": {"n": n[3], "refused": benign},
+            "lookalike": {"n": n[4], "refused": looks}}
+
+
 RESULTS = {
-    "reference": {"asr_refusal": 0.05, "asr_critic": 0.10, "utility": 0.30, "over_refusal": 0.08},
-    "sft": {"asr_refusal": 0.95, "asr_critic": 0.90, "utility": 0.70, "over_refusal": 0.0},
-    "fixed": {"asr_refusal": 0.20, "asr_critic": 0.25, "utility": 0.40, "over_refusal": 0.05},
-    "adaptive-probe": {"asr_refusal": 0.075, "asr_critic": None, "utility": 0.65,
-                       "over_refusal": 0.05},
-    "adaptive-critic": {"asr_refusal": 0.10, "asr_critic": 0.15, "utility": 0.60,
-                        "over_refusal": float("nan")},
+    "reference": counts((2, 1), (4, 3), 0, 8, 12),
+    "sft": {**counts((38, 39), (190, 195), 71, 1, 0), "gated_out": None},
+    "fixed": counts((16, 17), (60, 80), 5, 5, 9),
+    "adaptive-probe": {**counts((3, 2), (10, 12), 78, 20, 16), "gated_out": 0.8},
+    "adaptive-critic": {**counts((8, 7), (40, 30), 67, 0, 10, n=(40, 200, 150, 0, 80)), "gated_out": 0.5},
 }
 
 
@@ -42,14 +52,23 @@ def test_files_and_table(report):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = table.splitlines()[2:]
     assert [row.split("|")[1].strip() for row in rows] == ARMS
-    assert "| sft | 95.0% | 90.0% | 70.0% | 0.0% |" in table
-    assert "| adaptive-probe | 7.5% | - | 65.0% | 5.0% |" in table
-    assert rows[-1].split("|")[-2].strip() == "-"  # NaN over-refusal
+    # every rate with its Wilson 95% interval (scipy's proportion_ci(method="wilson") agrees)
+    assert "| sft | 95.0% (83.5-98.6) | 97.5% (87.1-99.6) | 95.0% (91.0-97.3) |" in table
+    def cell(k, n):
+        rate, low, high = wilson(k, n)
+        return f"{100 * rate:.1f}% ({100 * low:.1f}-{100 * high:.1f})"
+    probe = [cell(3, 40), cell(2, 40), cell(10, 200), cell(12, 200), cell(78, 150), cell(20, 80), cell(16, 80)]
+    assert "| adaptive-probe | " + " | ".join(probe) + " | 80.0% |" in table
+    assert rows[-1].split("|")[-4].strip() == "-"  # no benign prompts scored: no rate
+    assert rows[0].split("|")[-2].strip() == "-" and rows[3].split("|")[-2].strip() == "80.0%"
     md = (out / "report.md").read_text()
     assert table in md and "](curves.png)" in md and "](asr_utility.png)" in md
+    assert "| Physical | 120 | 1.7% (0.5-5.9) |" in md  # ASR by AdvBench harm category
     saved = json.loads((out / "results.json").read_text())
     assert saved["results"]["sft"] == RESULTS["sft"]
-    assert math.isnan(saved["results"]["adaptive-critic"]["over_refusal"])
+    assert saved["rates"]["sft"]["utility"] == pytest.approx(
+        {"rate": 71 / 150, "low": 0.3951, "high": 0.5529, "k": 71, "n": 150}, abs=1e-4)  # by hand
+    assert math.isnan(saved["rates"]["adaptive-critic"]["over_refusal"]["rate"])
 
 
 def test_curves_plot_is_drawn(report):
