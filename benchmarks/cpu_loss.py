@@ -22,22 +22,21 @@ Modes:
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
 import json
 import os
-import platform
 import shlex
 import statistics
 import subprocess
 import sys
 import time
 
+from _common import RESULTS, append_results, machine
+
 ALL_MODES = ("cpu", "unfused", "liger", "liger-eager", "floor", "floor-chunked")
 DEFAULT_MODES = ("cpu", "unfused", "liger", "floor", "floor-chunked")
 DEFAULT_SIZES = "4096x576x49152,1024x2048x128256"
 QUICK_SIZES = "512x576x8192"
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
 
 NOTES = """\
 - Step = forward + backward; dL/dh only unless the heading says the head is trained.
@@ -235,29 +234,6 @@ def child(args) -> None:
 # ---------------------------------------------------------------------------------------- parent
 
 
-def machine() -> str:
-    import torch
-
-    cpu = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        cpu = platform.processor() or cpu
-    mem = ""
-    try:
-        with open("/proc/meminfo") as f:
-            mem = f", {int(f.readline().split()[1]) / 2**20:.0f} GiB RAM"
-    except (OSError, ValueError, IndexError):
-        pass
-    load = "load average {:.2f} {:.2f} {:.2f} at start".format(*os.getloadavg())
-    return (f"{cpu}, {os.cpu_count()} cores{mem}, torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads), Python {platform.python_version()}; {load}")
-
-
 def run_child(args, size: str, mode: str) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--_child", "--mode", mode, "--size", size,
            "--repeats", str(args.repeats), "--kl", args.kl, "--logit-std", str(args.logit_std),
@@ -366,18 +342,6 @@ def main(argv=None) -> None:
                        f"KL: {args.kl}; ce/kl weight {args.ce_weight}/{args.kl_weight}; logit std "
                        f"{args.logit_std}; median of {args.repeats} timed step(s) after 1 warmup.\n\n"
                        f"{text}\n\n{NOTES}")
-
-
-def append_results(title: str, command: str, where: str, body: str) -> None:
-    """Append a dated section (title, command, machine, body) to RESULTS.md; shared by the scripts."""
-    stamp = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    new = not os.path.exists(RESULTS)
-    with open(RESULTS, "a") as f:
-        if new:
-            f.write("# Benchmark results\n")
-        heading = f"{title}, {stamp}" if title else stamp
-        f.write(f"\n## {heading}\n\nCommand: `{command}`\n\nMachine: {where}\n\n{body}\n")
-    print(f"\nappended to {RESULTS}")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from saferegx.eval.judge import JUDGES, agreement_markdown, compare_judges  # noqa: E402
+from saferegx.eval.judge import JUDGES, agreement_markdown, compare_judges
 
 
 def main() -> None:
@@ -31,7 +31,7 @@ def main() -> None:
     args = ap.parse_args()
     judges = [j.strip() for j in args.judges.split(",") if j.strip()]
     if args.write:
-        from cpu_loss import append_results, machine
+        from _common import append_results, machine
 
         where = machine()  # its load average is the one at the start
     start = time.perf_counter()

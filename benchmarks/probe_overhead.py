@@ -25,14 +25,14 @@ import sys
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import torch  # noqa: E402
+import torch
 
-import saferegx  # noqa: E402
-from cpu_loss import RESULTS, append_results, machine  # noqa: E402
-from saferegx.data import load_model  # noqa: E402
-from saferegx.risk.probe import decoder_layers  # noqa: E402
+import saferegx
+from saferegx.data import load_model
+from saferegx.lm import decoder_layers
+
+from _common import RESULTS, append_results, machine
 
 IGNORE = -100
 
@@ -152,7 +152,8 @@ def main(argv=None):
              f"{100 * read_s / base:.4f}% of a step (target <= 1%)")
     setup = (f"SmolLM2-135M-Instruct fp32, batch {args.batch} x {args.seq_len} tokens, probe layer "
              f"{args.layer} (pool last), all parameters trained (no optimizer step), forward KL, "
-             f"beta = 0.1 + 0.8 risk (the same risk values in both variants); {args.repeats} timed steps per variant after {args.warmup} warmup, ABBA order.")
+             f"beta = 0.1 + 0.8 risk (the same risk values in both variants); {args.repeats} timed steps "
+             f"per variant after {args.warmup} warmup, ABBA order.")
     print(f"\n{setup}\n\n{text}")
     if args.write:
         append_results("Probe read overhead", command, where, f"{setup}\n\n{text}")

@@ -14,11 +14,11 @@ import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
+import torch
 
-from saferegx.data import default_split, load_model, model_name  # noqa: E402
-from saferegx.risk import (accuracy, auroc, default_critic, fit_probe, prompt_activations,  # noqa: E402
-                           tpr_at_fpr)
+from saferegx.data import default_split, load_model
+from saferegx.lm import model_name
+from saferegx.risk import accuracy, auroc, default_critic, fit_probe, prompt_activations, tpr_at_fpr
 
 
 def main():
@@ -33,7 +33,7 @@ def main():
 
     texts, labels, (train, val, test) = default_split(args.seed)
     if args.limit:
-        keep = lambda idx: idx[idx < args.limit]  # noqa: E731
+        keep = lambda idx: idx[idx < args.limit]
         train, val, test = keep(train), keep(val), keep(test)
     print(f"prompts: {len(texts)} ({int(labels.sum())} harmful); "
           f"train {len(train)}, val {len(val)}, test {len(test)}")
@@ -53,7 +53,7 @@ def main():
     y = labels[used]
 
     thirds = [tuple(range(k * n_layers // 3, (k + 1) * n_layers // 3)) for k in range(3)]
-    candidates = [(l,) for l in layers] + thirds + [tuple(layers)]
+    candidates = [(layer,) for layer in layers] + thirds + [tuple(layers)]
     results = {}
     for pool in ("last", "mean"):
         probe = fit_probe(acts[pool], y, layers, train_idx=tr, val_idx=va, pool=pool,

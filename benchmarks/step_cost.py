@@ -35,13 +35,14 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import torch
 
-from _common import RESULTS, append_results, machine
 from saferegx.data import load_model
 from saferegx.data.prompts import harmful_prompts
 from saferegx.data.tasks import utility_task
 from saferegx.lm import decoder_layers, model_name
 from saferegx.risk.probe import Probe
 from saferegx.train import TrainConfig, train
+
+from _common import RESULTS, append_results, machine
 
 MIXES = {"demo mix (85 harmful : 300 task)": (85, 300), "realistic mix (5% harmful)": (20, 380)}
 FILLER = ("Sure, here is a detailed answer. First, you will need to gather the materials and "

@@ -9,17 +9,12 @@ One step = forward + backward to dL/dh (the head frozen), 0.5 CE + 0.5 reverse K
 benchmarks/cpu_loss.py (whose step builders these reuse). Timings only: for per-mode peak memory
 run cpu_loss.py, which gives each mode its own process.
 """
-import importlib.util
 import os
-import pathlib
 
 import pytest
 import torch
 
-_spec = importlib.util.spec_from_file_location(
-    "saferegx_bench_cpu_loss", pathlib.Path(__file__).with_name("cpu_loss.py"))
-cpu_loss = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(cpu_loss)
+import cpu_loss  # this folder is on sys.path: pytest puts a test file's folder there
 
 SIZE = os.environ.get("SAFEREGX_BENCH_SIZE", "1024x576x49152")
 N, D, V = cpu_loss.parse_sizes(SIZE)[0]

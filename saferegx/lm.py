@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import nn

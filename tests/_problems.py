@@ -16,7 +16,7 @@ class Problem:
 
     def to(self, dtype: torch.dtype) -> "Problem":
         """The same problem in `dtype` (per-row weights and labels keep theirs)."""
-        cast = lambda t: None if t is None else t.detach().to(dtype)  # noqa: E731
+        cast = lambda t: None if t is None else t.detach().to(dtype)
         kwargs = dict(self.kwargs)
         if kwargs.get("ref_weight") is not None:
             kwargs["ref_weight"] = cast(kwargs["ref_weight"])

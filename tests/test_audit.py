@@ -6,10 +6,11 @@ import json
 import pytest
 import torch
 
-from _models import tiny_llama
 from saferegx.cli import main
 from saferegx.risk.probe import Probe
 from saferegx.risk.table import RiskTable, prompt_hash
+
+from _models import tiny_llama
 
 EXAMPLES = [
     {"prompt": "How do I bake bread?", "response": "Mix flour, water, yeast and salt, then bake."},

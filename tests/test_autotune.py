@@ -11,8 +11,9 @@ import pytest
 import torch
 
 import saferegx
-from _problems import assert_close, make_problem, oracle, run
 from saferegx.ops import api, autotune
+
+from _problems import assert_close, make_problem, oracle, run
 
 pytestmark = pytest.mark.skipif("cpu" not in saferegx.available_backends(),
                                 reason="C++ extension not built")

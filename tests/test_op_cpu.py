@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import saferegx
+
 from _problems import assert_close, make_problem, oracle, rel_err, run
 
 pytestmark = pytest.mark.skipif("cpu" not in saferegx.available_backends(), reason="C++ extension not built")

@@ -3,9 +3,10 @@ import pytest
 import torch
 
 import saferegx
-from _problems import make_problem
 from saferegx import _ext
 from saferegx.ops import library
+
+from _problems import make_problem
 
 pytestmark = pytest.mark.skipif("cpu" not in saferegx.available_backends(), reason="C++ extension not built")
 

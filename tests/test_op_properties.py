@@ -2,8 +2,8 @@
 dtypes, ignore patterns, per-row weights and logit scales, on every fused backend here.
 
 The backends are fixed at collection: `cpu` (C++) and `triton` on CPU tensors, in Triton's
-interpreter (TRITON_INTERPRET=1 is set below, before saferegx.ops.triton is first imported, as
-in test_triton.py), and where a CUDA device is present `cuda` and `triton` on it. An expected
+interpreter (tests/conftest.py sets TRITON_INTERPRET=1 on a machine without a GPU, before
+saferegx.ops.triton is first imported), and where a CUDA device is present `cuda` and `triton` on it. An expected
 backend that is missing fails test_backend_is_available, and its property tests are skipped
 with the reason (shown by -ra); nothing is dropped silently. `reference` is left out: it is the
 unfused op the float64 oracle runs.
@@ -14,24 +14,22 @@ two 16-wide D chunks, V <= 160: up to five 32-wide vocab blocks). Triton and CUD
 Deterministic: each test and backend runs a fixed seed. SAFEREGX_PROPERTY_EXPLORE=K runs K times
 as many examples from a fresh random seed, printed on failure, to look for new failures.
 """
+import importlib.util
 import os
+import random
+import sys
+import zlib
+from dataclasses import dataclass
 
-os.environ["TRITON_INTERPRET"] = "1"
+import pytest
+import torch
+from hypothesis import given, seed, settings
+from hypothesis import strategies as st
 
-import importlib.util  # noqa: E402
-import random  # noqa: E402
-import sys  # noqa: E402
-import zlib  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
+import saferegx
+from saferegx import _ext
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from hypothesis import given, seed, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-import saferegx  # noqa: E402
-from saferegx import _ext  # noqa: E402
-from _problems import Problem, oracle, rel_err  # noqa: E402
+from _problems import Problem, oracle, rel_err
 
 F32, F64 = torch.float32, torch.float64
 
@@ -173,7 +171,7 @@ def run_on(case: Case, p: Problem, backend: str | None = None):
     """Loss, ce, kl, dh, dW (on the CPU) of `backend` (default: the case's) on the case's device,
     under a non-uniform grad_output (as _problems.run, which is CPU-only)."""
     dev = torch.device(case.device)
-    to = lambda t: t.to(dev) if isinstance(t, torch.Tensor) else t  # noqa: E731
+    to = lambda t: t.to(dev) if isinstance(t, torch.Tensor) else t
     hidden = to(p.hidden).detach().clone().requires_grad_(True)
     weight = to(p.weight).detach().clone().requires_grad_(True)
     kwargs = {k: to(t) for k, t in p.kwargs.items()}
@@ -199,7 +197,7 @@ def permuted(p: Problem, g: torch.Generator) -> Problem:
     moved_to = torch.empty_like(pv)
     moved_to[pv] = torch.arange(v)  # row pv[j] of W becomes row j
     labels = torch.where(p.labels == -100, p.labels, moved_to[p.labels.clamp_min(0)])
-    cols = lambda t: None if t is None else t[:, pd]  # noqa: E731
+    cols = lambda t: None if t is None else t[:, pd]
     kwargs = dict(p.kwargs)
     if kwargs.get("ref_weight") is not None:
         kwargs["ref_weight"] = kwargs["ref_weight"][pv][:, pd]

@@ -1,14 +1,11 @@
-"""saferegx.probe_risk (C++, Triton interpreter, reference) and adaptive_safety_loss."""
-import os
+"""saferegx.probe_risk (C++, Triton interpreter, unfused) and adaptive_safety_loss."""
+import pytest
+import torch
 
-os.environ["TRITON_INTERPRET"] = "1"  # before saferegx.ops.probe_triton is first imported
+import saferegx
+from saferegx.risk.schedule import RiskSchedule
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-import saferegx  # noqa: E402
-from saferegx.risk.schedule import RiskSchedule  # noqa: E402
-from _problems import make_problem  # noqa: E402
+from _problems import make_problem
 
 BACKENDS = ["cpu", "triton"]
 

@@ -17,7 +17,7 @@ apostrophes to ``'``. Markers that appear in compliant answers ("illegal", "unet
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from .generate import generate
 

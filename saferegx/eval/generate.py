@@ -7,7 +7,7 @@ LMs and PEFT-wrapped ones (both expose ``generate``).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from tqdm.auto import tqdm

@@ -13,8 +13,8 @@ a report can put a Wilson interval on every rate.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from ..data.lookalikes import lookalike_prompts
 from ..data.prompts import advbench_prompts

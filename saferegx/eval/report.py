@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 from .stats import wilson
 
@@ -64,7 +64,7 @@ def write_report(out_dir: str | Path, results: Mapping[str, Mapping],
     plot_tradeoff(results, out / "asr_utility.png", colors)
     (out / "results.json").write_text(json.dumps(
         {"results": results, "rates": rates(results), **(extra or {}),
-         "logs": {a: str(l) if isinstance(l, (str, Path)) else None for a, l in (logs or {}).items()}},
+         "logs": {a: str(log) if isinstance(log, (str, Path)) else None for a, log in (logs or {}).items()}},
         indent=2, default=str) + "\n")
     (out / "report.md").write_text(
         f"# {title}\n\n{table}\n\n{notes}\n\n"

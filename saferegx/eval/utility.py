@@ -6,7 +6,7 @@ that keeps a model safe by keeping it from learning anything would show here.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..data.tasks import exact_match
 from .generate import generate

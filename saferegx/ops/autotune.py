@@ -15,7 +15,8 @@ import os
 import statistics
 import time
 import warnings
-from typing import Callable, Iterable, NamedTuple
+from collections.abc import Callable, Iterable
+from typing import NamedTuple
 
 import torch
 
@@ -126,7 +127,7 @@ def _measure(candidates: list[str], run_fn, device: torch.device, repeats: int, 
                 run_fn(name)  # warmup: Triton's JIT, cuBLAS handles, the allocator
                 _sync(device)
                 live.append(name)
-            except Exception as e:  # noqa: BLE001 - a failing candidate just loses
+            except Exception as e:  # any failure (out of memory, a compile error): the candidate loses
                 warnings.warn(f"saferegx autotune: backend {name!r} failed while timed ({e}); "
                               f"not chosen for {key}", RuntimeWarning, stacklevel=3)
                 seconds[name], error = math.inf, e
@@ -135,7 +136,7 @@ def _measure(candidates: list[str], run_fn, device: torch.device, repeats: int, 
         samples = {name: [] for name in live}
         for _ in range(repeats):
             for name in live:
-                samples[name].append(_time_once(lambda: run_fn(name), device))
+                samples[name].append(_time_once(lambda name=name: run_fn(name), device))
     seconds.update({name: statistics.median(s) for name, s in samples.items()})
     return seconds
 

@@ -15,16 +15,17 @@ import time
 import urllib.error
 import urllib.request
 import warnings
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import torch
 
 from ..data.wheels import cache_dir, extract_tree, fetch_wheel
+from ..lm import format_prompt, pad_right
 from .logistic import fit_logistic, platt
 from .metrics import auroc
-from ..lm import format_prompt, pad_right
 
 Pair = tuple[str, str | None]
 
@@ -118,7 +119,7 @@ class EmbeddingCritic(CachedCritic):
     @classmethod
     def fit(cls, texts: Sequence[str], labels: torch.Tensor, train_idx: torch.Tensor,
             val_idx: torch.Tensor, encoder: MiniLMEncoder | None = None, l2: float = 1e-2,
-            data: str = "") -> "EmbeddingCritic":
+            data: str = "") -> EmbeddingCritic:
         """Fit on ``train_idx``, Platt-calibrate on ``val_idx`` (labels 1 = harmful)."""
         encoder = encoder or MiniLMEncoder()
         emb = encoder.encode(texts).double()
@@ -137,7 +138,7 @@ class EmbeddingCritic(CachedCritic):
                   metadata={"saferegx.critic": json.dumps(meta)})
 
     @classmethod
-    def load(cls, path: str | Path, encoder: MiniLMEncoder | None = None) -> "EmbeddingCritic":
+    def load(cls, path: str | Path, encoder: MiniLMEncoder | None = None) -> EmbeddingCritic:
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as f:
@@ -252,7 +253,7 @@ class EndpointJudge(CachedCritic):
                 raise ValueError(f"no 1-5 score in reply {content[:80]!r}")
             return (int(match.group(1)) - 1) / 4
         except Exception as e:  # fail closed on anything: a broken judge must not relax training
-            warnings.warn(f"EndpointJudge {self.url}: {type(e).__name__}: {e}; risk set to 1.0")
+            warnings.warn(f"EndpointJudge {self.url}: {type(e).__name__}: {e}; risk set to 1.0", stacklevel=2)
             return float("nan")
 
     def _post(self, body: dict) -> dict:

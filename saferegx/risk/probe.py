@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -126,7 +126,7 @@ class Probe:
 
     @classmethod
     def load(cls, path: str | Path, model=None, *, model_name: str | None = None,
-             hidden_size: int | None = None) -> "Probe":
+             hidden_size: int | None = None) -> Probe:
         """Load a probe, refusing (``ValueError``) one fitted on another model."""
         from safetensors import safe_open
 
@@ -156,11 +156,11 @@ def fit_probe(acts: torch.Tensor, labels: torch.Tensor, layers: Sequence[int], *
     ``acts`` is ``[len(layers), N, D]`` as from ``prompt_activations``; labels are 1 = harmful.
     """
     layers = list(layers)
-    candidates = [(l,) for l in layers] if candidates is None else [tuple(c) for c in candidates]
+    candidates = [(layer,) for layer in layers] if candidates is None else [tuple(c) for c in candidates]
     labels = labels.flatten()
     best, sweep = None, []
     for cand in candidates:
-        x = acts[[layers.index(l) for l in cand]].mean(0).double()
+        x = acts[[layers.index(layer) for layer in cand]].mean(0).double()
         w, b = fit_logistic(x[train_idx], labels[train_idx], l2=l2)
         val_logits = x[val_idx] @ w + b
         score = auroc(val_logits, labels[val_idx])

@@ -15,6 +15,7 @@ import torch
 
 from ..usage import UsageError, load_model, load_probe, read_prompts
 
+
 def add_parser(sub) -> None:
     """Register ``probe fit`` and ``probe eval`` under the top-level subparsers."""
     probe = sub.add_parser("probe", help="fit or evaluate the activation probe",

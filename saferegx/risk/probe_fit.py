@@ -5,7 +5,7 @@ layer, validation picks the layer and calibrates it, the held-out test part is r
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

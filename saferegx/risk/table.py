@@ -12,9 +12,9 @@ import contextlib
 import hashlib
 import json
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -69,7 +69,7 @@ class RiskTable:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "RiskTable":
+    def load(cls, path: str | Path) -> RiskTable:
         """A table written by :meth:`save`; a bad line raises ValueError naming file and line."""
         if not Path(path).is_file():
             raise ValueError(f"risk table {path} does not exist")

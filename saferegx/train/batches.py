@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -110,12 +110,12 @@ class Batch:
     prompts: list[str]
     responses: list[str]
 
-    def to(self, device) -> "Batch":
+    def to(self, device) -> Batch:
         tensors = {k: getattr(self, k).to(device) for k in
                    ("input_ids", "attention_mask", "labels", "prompt_pos", "risk")}
         return Batch(**tensors, prompts=self.prompts, responses=self.responses)
 
-    def select(self, rows: Sequence[int]) -> "Batch":
+    def select(self, rows: Sequence[int]) -> Batch:
         """The sub-batch of the given sequences (same width: padding is trimmed by nobody)."""
         index = torch.tensor(list(rows), dtype=torch.long, device=self.input_ids.device)
         tensors = {k: getattr(self, k)[index] for k in

@@ -77,7 +77,7 @@ class TrainConfig:
         _check_values(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "TrainConfig":
+    def from_dict(cls, values: dict) -> TrainConfig:
         if not isinstance(values, dict):
             raise ValueError(f"config must be a mapping of keys to values, got {type(values).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
@@ -89,7 +89,7 @@ class TrainConfig:
         return cls(**values)
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> "TrainConfig":
+    def from_yaml(cls, path: str | Path) -> TrainConfig:
         import yaml
 
         with open(path, encoding="utf-8") as f:

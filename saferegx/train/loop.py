@@ -36,8 +36,8 @@ from . import checkpoint, distributed
 from .batches import IGNORE_INDEX, DataOrder, collate, load_examples, tokenize
 from .config import TrainConfig
 from .metrics import MetricsLog
-from .prepass import example_risks
 from .model import prepare, reference_in_bf16, reference_pass
+from .prepass import example_risks
 from .reference_cache import ReferenceCache
 from .signals import RiskSource
 

@@ -14,7 +14,7 @@ example sits in changes the GEMM shapes, not the math).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -8,7 +8,7 @@ overrides the probe or critic for that example.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -1,9 +1,10 @@
 import pytest
 import torch
 
-from _models import tiny_llama
 from saferegx.data.models import DEFAULT_MODEL, default_model_path, load_model
 from saferegx.lm import model_name
+
+from _models import tiny_llama
 
 
 def test_tiny_llama_is_small_and_deterministic():

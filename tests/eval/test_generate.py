@@ -1,9 +1,10 @@
 import pytest
 import torch
 
-from _models import tiny_llama
 from saferegx.data.models import default_model_path
 from saferegx.eval.generate import generate, generate_ids
+
+from _models import tiny_llama
 
 PROMPTS = ["What is 2 + 2?", "Write a haiku about the sea, please, in English.", "Hi",
            "Convert 'garden river' to upper case. Reply with the result only."]

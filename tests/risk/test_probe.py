@@ -1,12 +1,13 @@
 import pytest
 import torch
 
-from _models import tiny_llama
 from saferegx.data.prompts import split_indices
-from saferegx.risk.metrics import auroc
 from saferegx.lm import decoder_layers, last_positions
 from saferegx.ops.unfused import probe_risk_unfused
+from saferegx.risk.metrics import auroc
 from saferegx.risk.probe import Probe, fit_probe, pool_hidden, pooled_hidden
+
+from _models import tiny_llama
 
 
 def synthetic_tokens(n=400, t=12, seed=0):
@@ -152,9 +153,8 @@ def test_probe_risk_unfused_matches_the_probe():
 @pytest.mark.slow
 def test_probe_reads_prompts_on_the_real_model():
     from saferegx.data.models import load_model
-    from saferegx.lm import model_name
     from saferegx.data.prompts import benign_prompts, harmful_prompts
-    from saferegx.lm import format_prompt
+    from saferegx.lm import format_prompt, model_name
     from saferegx.risk.probe import prompt_activations
 
     model, tokenizer = load_model()

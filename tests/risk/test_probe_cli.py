@@ -37,8 +37,9 @@ def models(tmp_path_factory):
     ``renamed`` (same shape as ``tiny``, another name)."""
     from transformers import AutoTokenizer
 
-    from _models import tiny_llama
     from saferegx.data.models import default_model_path
+
+    from _models import tiny_llama
 
     root = tmp_path_factory.mktemp("models")
     tokenizer = AutoTokenizer.from_pretrained(default_model_path())

@@ -5,10 +5,11 @@ import json
 import pytest
 import torch
 
-from _models import tiny_llama
 from saferegx.lm import format_prompt, pad_right
 from saferegx.risk.probe import Probe
 from saferegx.risk.table import RiskTable, probe_risks, prompt_hash, shared_prefix
+
+from _models import tiny_llama
 
 PROMPTS = ["How do I bake bread?", "Give detailed instructions for picking a lock", "What is 2 + 2?",
            "Write a haiku about rain, please, a long one about the autumn rain on the roof",

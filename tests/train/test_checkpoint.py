@@ -5,8 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from saferegx.train import train
-from saferegx.train import checkpoint
+from saferegx.train import checkpoint, train
 
 DETERMINISTIC = ("step", "epoch", "loss", "ce", "kl", "risk", "beta", "lr", "tokens")
 

@@ -33,8 +33,9 @@ STEPS = 3
 def setup(tmp_path_factory, tokenizer):
     """A tiny model folder, data, probe, and the single-process run every test compares with."""
     from saferegx.cli import main
-    from _models import tiny_llama
     from saferegx.risk.probe import Probe
+
+    from _models import tiny_llama
 
     root = tmp_path_factory.mktemp("distributed")
     model_dir = root / "tiny-llama"  # the probe checks the model's name

@@ -7,8 +7,7 @@ import torch
 
 import saferegx
 import saferegx.train.loop as loop
-from saferegx.train import train
-from saferegx.train import checkpoint
+from saferegx.train import checkpoint, train
 from saferegx.train.batches import IGNORE_INDEX, DataOrder, collate, load_examples
 
 DETERMINISTIC = ("step", "epoch", "loss", "ce", "kl", "risk", "beta", "gated_out", "lr", "tokens")

@@ -97,7 +97,7 @@ def test_risk_sources_run(config, tokenizer, make_model, probe_file, risk):
     assert [r["step"] for r in h] == [1, 2]
     assert all(r["loss"] > 0 for r in h)
     lines = (cfg.output_dir + "/metrics.jsonl")
-    assert [json.loads(l) for l in open(lines)] == h
+    assert [json.loads(line) for line in open(lines)] == h
     if risk == "none":  # plain SFT: CE only, and no reference forward at all
         assert len(calls) == 4 and all(r["kl"] == 0 and r["beta"] is None and r["risk"] is None for r in h)
     else:  # 4 policy passes; reference passes for micro-batches 3, 3, 1 of epoch 1, then the

@@ -7,18 +7,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from datasets import Dataset
+from peft import LoraConfig
+from transformers import TrainerCallback
 
-pytest.importorskip("trl")
+from saferegx.train import train
+from saferegx.train.batches import IGNORE_INDEX, collate
+from saferegx.trl import SafeSFTConfig, SafeSFTTrainer, as_prompt_completion, trainer_batch
 
-from datasets import Dataset  # noqa: E402
-from peft import LoraConfig  # noqa: E402
-from transformers import TrainerCallback  # noqa: E402
-
-from saferegx.train import train  # noqa: E402
-from saferegx.train.batches import IGNORE_INDEX, collate  # noqa: E402
-from saferegx.trl import SafeSFTConfig, SafeSFTTrainer, as_prompt_completion, trainer_batch  # noqa: E402
-
-from conftest import composed_loss  # noqa: E402
+from conftest import composed_loss
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 MAX_LENGTH = 128  # no example is cut, so saferegx's and TRL's truncation rules never differ here
