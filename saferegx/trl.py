@@ -43,15 +43,14 @@ from trl import SFTConfig, SFTTrainer
 from trl.data_utils import get_dataset_column_names
 
 from .lm import lm_head, unwrap
-from .loss import response_rows, risk_weighted_loss
 from .ops import library, registry
 from .risk.critic import SafetyCritic
 from .risk.probe import Probe
 from .risk.schedule import ALPHAS, MODES, RiskSchedule
 from .train.batches import IGNORE_INDEX, Batch
 from .train.config import REFERENCE_PRECISIONS, RISK_SOURCES
-from .train.hf import policy_hidden
-from .train.model import LORA_HEAD_MESSAGE, reference_in_bf16, reference_pass
+from .train.hf import micro_batch_loss
+from .train.model import LORA_HEAD_MESSAGE, reference_in_bf16
 from .train.signals import RiskSource
 
 PROMPT_TEXT = "saferegx_prompt"  # the dataset column holding each example's prompt text (the critic's input)
@@ -294,27 +293,11 @@ class SafeSFTTrainer(SFTTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
         batch = trainer_batch(inputs)
-        policy = self.accelerator.unwrap_model(model)
-        ref_hidden, taps = None, {}
-        if self.source.needs_reference:
-            ref_hidden, taps = reference_pass(policy, self.ref_model, batch, self.source.layers,
-                                              self.reference_bf16)
-        risk = self.source.risk(batch, taps)
         # evaluation must not advance the batch-mode EMA of training
         schedule = self.schedule if mode == "train" else copy.copy(self.schedule)
-        alpha, beta = self.source.weights(risk, batch.input_ids.shape[0], schedule, batch.input_ids.device)
-        hidden, head = policy_hidden(model, policy, batch.input_ids, batch.attention_mask)
-        rows, labels, seq = response_rows(hidden, batch.labels)
-        res = risk_weighted_loss(
-            rows, head, labels,
-            None if ref_hidden is None else response_rows(ref_hidden, batch.labels)[0], seq, alpha, beta,
-            ref_weight=None if self.ref_model is None else lm_head(self.ref_model).weight,
-            kl=self.args.kl, kl_gate=self.args.kl_gate, reduction="sum", backend=self.args.backend)
-        n = num_items_in_batch if num_items_in_batch is not None else labels.numel()
-        loss = res.loss / torch.as_tensor(n, device=res.loss.device).clamp(min=1)
-        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
-            loss = loss * self.accelerator.num_processes  # DDP averages gradients over processes
-        self._record(mode, res, labels.numel(), risk, res.beta, inputs)
+        loss, res, risk = micro_batch_loss(self, model, batch, schedule, num_items_in_batch, kl=self.args.kl,
+                                           kl_gate=self.args.kl_gate, backend=self.args.backend)
+        self._record(mode, res, res.ce.numel(), risk, res.beta, inputs)
         if return_outputs:
             return loss, {"ce": res.ce, "kl": res.kl, "risk": risk, "beta": res.beta}
         return loss

@@ -109,28 +109,38 @@ class SafetyTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         batch = Batch(**{k: inputs[k] for k in _BATCH_FIELDS})
-        policy = self.accelerator.unwrap_model(model)
-        ref_hidden, taps = None, {}
-        if self.source.needs_reference:
-            ref_hidden, taps = reference_pass(policy, self.ref_model, batch, self.source.layers,
-                                              self.reference_bf16)
-        risk = self.source.risk(batch, taps)
-        alpha, beta = self.source.weights(risk, batch.input_ids.shape[0], self.schedule,
-                                          batch.input_ids.device)
-        hidden, head = policy_hidden(model, policy, batch.input_ids, batch.attention_mask)
-        rows, labels, seq = response_rows(hidden, batch.labels)
-        res = risk_weighted_loss(
-            rows, head, labels,
-            None if ref_hidden is None else response_rows(ref_hidden, batch.labels)[0], seq, alpha, beta,
-            ref_weight=None if self.ref_model is None else lm_head(self.ref_model).weight,
-            kl=self.kl, reduction="sum", backend=self.backend)
-        n = num_items_in_batch if num_items_in_batch is not None else labels.numel()
-        loss = res.loss / n
-        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
-            loss = loss * self.accelerator.num_processes  # DDP averages gradients over processes
+        loss, res, risk = micro_batch_loss(self, model, batch, self.schedule, num_items_in_batch,
+                                           kl=self.kl, kl_gate=0.0, backend=self.backend)
         if return_outputs:
-            return loss, {"ce": res.ce, "kl": res.kl, "risk": risk, "beta": beta}
+            return loss, {"ce": res.ce, "kl": res.kl, "risk": risk, "beta": res.beta}
         return loss
 
 
-__all__ = ["SafetyCollator", "SafetyTrainer", "policy_hidden"]
+def micro_batch_loss(trainer: Trainer, model, batch: Batch, schedule: RiskSchedule, num_items_in_batch,
+                     *, kl: str, kl_gate: float, backend: str):
+    """``(loss, terms, risk)`` of one micro-batch of an HF trainer (``SafetyTrainer``,
+    ``saferegx.trl.SafeSFTTrainer``): the reference pass (its probe taps read the risk), the
+    schedule, the policy's final hidden states and the shared ``risk_weighted_loss``, divided by the
+    accumulated batch's token count (``num_items_in_batch``) so that accumulation is exact. The
+    trainer gives ``source``, ``ref_model``, ``reference_bf16``, ``accelerator`` and ``args``."""
+    policy = trainer.accelerator.unwrap_model(model)
+    ref_hidden, taps = None, {}
+    if trainer.source.needs_reference:
+        ref_hidden, taps = reference_pass(policy, trainer.ref_model, batch, trainer.source.layers,
+                                          trainer.reference_bf16)
+    risk = trainer.source.risk(batch, taps)
+    alpha, beta = trainer.source.weights(risk, batch.input_ids.shape[0], schedule, batch.input_ids.device)
+    hidden, head = policy_hidden(model, policy, batch.input_ids, batch.attention_mask)
+    rows, labels, seq = response_rows(hidden, batch.labels)
+    res = risk_weighted_loss(
+        rows, head, labels, None if ref_hidden is None else response_rows(ref_hidden, batch.labels)[0],
+        seq, alpha, beta, ref_weight=None if trainer.ref_model is None else lm_head(trainer.ref_model).weight,
+        kl=kl, kl_gate=kl_gate, reduction="sum", backend=backend)
+    n = num_items_in_batch if num_items_in_batch is not None else labels.numel()
+    loss = res.loss / torch.as_tensor(n, device=res.loss.device).clamp(min=1)
+    if trainer.args.average_tokens_across_devices and num_items_in_batch is not None:
+        loss = loss * trainer.accelerator.num_processes  # DDP averages gradients over processes
+    return loss, res, risk
+
+
+__all__ = ["SafetyCollator", "SafetyTrainer", "micro_batch_loss", "policy_hidden"]
