@@ -39,3 +39,9 @@ bench: install
 
 clean:
 	rm -rf build saferegx/*.so saferegx.egg-info
+
+# saferegx._C with the CUDA binding, built against a CUDA torch (2.14.1+cu130) in .venv-cuda and
+# loaded there, without a GPU: CUDA kernels registered, sm_90 code, no warning (docs/gpu.md).
+.PHONY: cuda-build
+cuda-build:
+	bash scripts/cuda_build.sh

@@ -4,8 +4,9 @@ from pathlib import Path
 
 # -fopenmp-simd lets the softmax loops vectorize their reductions (no OpenMP runtime needed),
 # -fno-trapping-math lets them if-convert float compares (torch builds so too; results unchanged);
-# the hot loops pick AVX-512 / AVX2 / baseline code at run time (GCC target_clones).
-CXX_FLAGS = ["-O3", "-fopenmp-simd", "-fno-trapping-math", "-fno-math-errno", "-std=c++17"]
+# the hot loops pick AVX-512 / AVX2 / baseline code at run time (GCC target_clones). No -std: torch's
+# build adds the standard its headers need (C++17 up to torch 2.13, C++20 from 2.14).
+CXX_FLAGS = ["-O3", "-fopenmp-simd", "-fno-trapping-math", "-fno-math-errno"]
 
 
 def include_dirs(csrc: Path) -> list[Path]:

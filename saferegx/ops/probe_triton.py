@@ -22,14 +22,24 @@ def _probe_kernel(acts_ptr, pos_ptr, w_ptr, bias_ptr, out_ptr, stride_b, stride_
     tl.store(out_ptr + b, 1.0 / (1.0 + tl.exp(-z)))
 
 
+def _launch(kernel, grid, *args, **kwargs) -> None:
+    torch.library.wrap_triton(kernel)[grid](*args, **kwargs)
+
+
+def _run(acts, positions, weight, bias, out, launch=_launch) -> None:
+    """Fills ``out [B]``; ``launch(kernel, grid, *args, **kwargs)`` runs the kernel
+    (scripts/triton_sm90.py records it instead, to compile it for sm_90 ahead of time)."""
+    if acts.shape[0]:
+        d = acts.shape[2]
+        launch(_probe_kernel, (acts.shape[0],), acts, positions, weight, bias, out,
+               acts.stride(0), acts.stride(1), acts.stride(2), d,
+               BLOCK_D=min(1024, triton.next_power_of_2(max(d, 16))))
+
+
 @torch.library.triton_op("saferegx::probe_risk_triton", mutates_args=())
 def probe_risk_triton(acts: torch.Tensor, positions: torch.Tensor, weight: torch.Tensor,
                       bias: torch.Tensor) -> torch.Tensor:
     """``[B]`` fp32 risks; reads acts through its strides (no copy of a hidden-state slice)."""
     out = acts.new_empty((acts.shape[0],), dtype=torch.float32)
-    if acts.shape[0]:
-        d = acts.shape[2]
-        torch.library.wrap_triton(_probe_kernel)[(acts.shape[0],)](
-            acts, positions, weight, bias, out, acts.stride(0), acts.stride(1), acts.stride(2), d,
-            BLOCK_D=min(1024, triton.next_power_of_2(max(d, 16))))
+    _run(acts, positions, weight, bias, out)
     return out

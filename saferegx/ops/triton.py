@@ -70,7 +70,9 @@ def _logit_tiles(h_ptr, g_ptr, w_ptr, wr_ptr, rows, cols, N, V, D,
     return z, r
 
 
-@triton.jit
+# N and the split length vary with the batch: specializing on their divisibility by 16 would
+# compile every configuration twice as N changes from step to step, for nothing measurable.
+@triton.jit(do_not_specialize=["N", "blocks_per_split"])
 def _stats_kernel(h_ptr, g_ptr, w_ptr, wr_ptr, labels_ptr, part_ptr, N, V, D,
                   blocks_per_split,
                   HAS_REF: tl.constexpr, SHARED: tl.constexpr, REVERSE: tl.constexpr,
@@ -125,7 +127,7 @@ def _stats_kernel(h_ptr, g_ptr, w_ptr, wr_ptr, labels_ptr, part_ptr, N, V, D,
     tl.store(out + 5 * stride, z_label, mask=ok)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["N", "ignore_index", "n_row_blocks"])
 def _grad_kernel(h_ptr, g_ptr, w_ptr, wr_ptr, labels_ptr, coef_ptr, lse_ptr, kl_ptr,
                  dh_ptr, dw_ptr, N, V, D, ignore_index, n_row_blocks,
                  HAS_REF: tl.constexpr, SHARED: tl.constexpr, REVERSE: tl.constexpr,
@@ -188,24 +190,47 @@ def _codes(codes: dict) -> str:
     return ", ".join(f"{code} ({name})" for name, code in codes.items())
 
 
-def _config(device: torch.device) -> tuple[dict, dict, int]:
-    """(tile sizes, launch options, target number of stats programs) for `device`.
+def _config(device_type: str, dtype: torch.dtype, sms: int = 0) -> tuple[dict, dict, int]:
+    """(tile sizes, launch options, target number of stats programs) for inputs of `dtype` on a
+    device type with `sms` streaming multiprocessors: what the kernels are launched with, and
+    what scripts/triton_sm90.py compiles ahead of time for sm_90 (with the H100/H200's 132).
 
-    GPU sizes are a first guess, not tuned (no GPU was available when this was written). On CPU
-    (the interpreter) small tiles that divide none of the tests' sizes, and two vocab splits so
-    that the merge of partial statistics is exercised.
+    GPU sizes are not tuned on a GPU yet (none was available when this was written). They are
+    checked to compile for sm_90 without register spills, within its shared memory, with every
+    bf16/fp16 dot on tensor cores (wgmma); the table is in docs/gpu.md. fp32 dots run as FMA
+    (input_precision="ieee": no TF32), which needs smaller tiles: 64 x 128 x 64 spilled up to
+    50 KB per thread there. On CPU (the interpreter) small tiles that divide none of the tests'
+    sizes, and two vocab splits so that the merge of partial statistics is exercised.
     """
-    if device.type == "cpu":
+    if device_type == "cpu":
         return dict(BLOCK_N=16, BLOCK_V=32, BLOCK_D=16), {}, 2
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
-    return dict(BLOCK_N=64, BLOCK_V=128, BLOCK_D=64), dict(num_warps=8, num_stages=3), 4 * sms
+    options = dict(num_warps=8, num_stages=3)
+    if dtype == torch.float32:
+        return dict(BLOCK_N=64, BLOCK_V=64, BLOCK_D=16), options, 4 * sms
+    return dict(BLOCK_N=64, BLOCK_V=128, BLOCK_D=64), options, 4 * sms
+
+
+def _device_config(device: torch.device, dtype: torch.dtype) -> tuple[dict, dict, int]:
+    """_config for tensors on `device` (its SM count read from the driver on CUDA)."""
+    sms = 0
+    if device.type == "cuda":
+        sms = torch.cuda.get_device_properties(device).multi_processor_count
+    return _config(device.type, dtype, sms)
+
+
+def _launch(kernel, grid, *args, **kwargs) -> None:
+    """Runs a Triton kernel inside a triton_op (wrap_triton lets torch.compile trace it)."""
+    wrap_triton(kernel)[grid](*args, **kwargs)
 
 
 class _Inputs:
     """Contiguous operands, flags and per-row coefficients shared by the forward and backward."""
 
     def __init__(self, hidden, weight, labels, ref_hidden, ref_weight, ce_weight, kl_weight,
-                 kl_mode, ignore_index):
+                 kl_mode, ignore_index, target=None, launch=_launch):
+        """target: (device type, SM count) to configure the kernels for, default hidden's device;
+        launch(kernel, grid, *args, **kwargs) runs each kernel (scripts/triton_sm90.py passes
+        ("cuda", 132) and a launcher that records the launches, on meta tensors)."""
         if hidden.dtype not in _DTYPES:
             raise TypeError(f"the triton backend takes float32/bfloat16/float16 inputs, got "
                             f"{hidden.dtype}; use backend='cpu' or 'unfused' for float64")
@@ -231,10 +256,15 @@ class _Inputs:
             self.beta = torch.zeros_like(ones)
         else:
             self.beta = ones if kl_weight is None else kl_weight.to(torch.float32)
-        self.blocks, self.launch, self.programs = _config(hidden.device)
+        self.blocks, self.options, self.programs = (
+            _device_config(hidden.device, hidden.dtype) if target is None
+            else _config(target[0], hidden.dtype, target[1]))
+        self.run = launch
 
     def flags(self) -> dict:
-        return dict(HAS_REF=self.has_ref, SHARED=self.shared, REVERSE=self.reverse, **self.blocks)
+        """The kernels' constexprs (without a reference the KL direction is moot: one variant)."""
+        return dict(HAS_REF=self.has_ref, SHARED=self.shared,
+                    REVERSE=self.reverse and self.has_ref, **self.blocks)
 
     def row_stats(self):
         """(ce, kl), each [N] fp32 and zero on ignored rows, and the [4, N] lse pairs."""
@@ -245,9 +275,9 @@ class _Inputs:
         splits = triton.cdiv(v_blocks, per_split)
         part = torch.empty((_N_PARTIALS, splits, self.n), device=self.h.device, dtype=torch.float32)
         if self.n:
-            wrap_triton(_stats_kernel)[(row_blocks, splits)](
-                self.h, self.g, self.w, self.wr, self.labels, part, self.n, self.v, self.d,
-                per_split, **self.flags(), **self.launch)
+            self.run(_stats_kernel, (row_blocks, splits),
+                     self.h, self.g, self.w, self.wr, self.labels, part, self.n, self.v, self.d,
+                     per_split, **self.flags(), **self.options)
         return self._merge(part)
 
     def _merge(self, part):
@@ -287,11 +317,11 @@ class _Inputs:
                                 torch.where(self.valid, self.beta * scale, zero)])
             row_blocks = triton.cdiv(self.n, self.blocks["BLOCK_N"])
             grid = (row_blocks * triton.cdiv(self.v, self.blocks["BLOCK_V"]),)
-            wrap_triton(_grad_kernel)[grid](
-                self.h, self.g, self.w, self.wr, self.labels, coef,
-                lse_pairs.to(torch.float32).contiguous(), kl.to(torch.float32).contiguous(), dh, dw, self.n, self.v, self.d,
-                self.ignore_index, row_blocks, GRAD_H=grad_hidden, GRAD_W=grad_weight,
-                **self.flags(), **self.launch)
+            self.run(_grad_kernel, grid,
+                     self.h, self.g, self.w, self.wr, self.labels, coef,
+                     lse_pairs.to(torch.float32).contiguous(), kl.to(torch.float32).contiguous(),
+                     dh, dw, self.n, self.v, self.d, self.ignore_index, row_blocks,
+                     GRAD_H=grad_hidden, GRAD_W=grad_weight, **self.flags(), **self.options)
         return dh, dw
 
 
@@ -309,6 +339,11 @@ def _safety_loss_fwd(
         raise ValueError("gradients in the forward need a scalar reduction; use safety_loss_bwd")
     x = _Inputs(hidden, weight, labels, ref_hidden, ref_weight, ce_weight, kl_weight, kl_mode,
                 ignore_index)
+    return _forward(x, reduction, grad_hidden, grad_weight)
+
+
+def _forward(x: _Inputs, reduction: int, grad_hidden: bool, grad_weight: bool):
+    """The forward op's work on prepared inputs: (loss, ce, kl, dh, dW)."""
     ce, kl, lse_pairs = x.row_stats()
     rows = x.alpha * ce + x.beta * kl
     scale = 1.0
@@ -338,6 +373,11 @@ def _safety_loss_bwd(
     """
     x = _Inputs(hidden, weight, labels, ref_hidden, ref_weight, ce_weight, kl_weight, kl_mode,
                 ignore_index)
+    return _backward(x, grad_rows, grad_hidden, grad_weight)
+
+
+def _backward(x: _Inputs, grad_rows: torch.Tensor, grad_hidden: bool, grad_weight: bool):
+    """The backward op's work on prepared inputs: (dh, dW), the row statistics recomputed."""
     _, kl_rows, lse_pairs = x.row_stats()
     return x.grads(grad_rows.to(torch.float32), lse_pairs, kl_rows, grad_hidden, grad_weight)
 

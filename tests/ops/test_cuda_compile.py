@@ -12,7 +12,7 @@ import pytest
 import torch
 
 NVCC = shutil.which("nvcc") or ("/usr/local/bin/nvcc" if Path("/usr/local/bin/nvcc").exists() else None)
-CSRC = Path(__file__).resolve().parent.parent / "csrc"
+CSRC = Path(__file__).resolve().parents[2] / "csrc"
 pytestmark = pytest.mark.skipif(NVCC is None, reason="nvcc not found")
 
 INSTANTIATE = r"""
