@@ -10,7 +10,7 @@ export HF_DATASETS_OFFLINE := 1
 # step of SmolLM2-135M took 4.4 s with spinning threads beside other jobs and 0.32 s with passive ones.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: install test demo bench clean wheel
+.PHONY: install test demo bench clean wheel cuda-build
 
 install: $(STAMP)
 
@@ -22,7 +22,10 @@ $(STAMP): pyproject.toml setup.py saferegx/_build_flags.py $(wildcard csrc/*.cpp
 	$(PY) -m pip install -q --no-build-isolation -e ".[dev]"
 	touch $(STAMP)
 
+# lint, import order and formatting first (ruff, configured in pyproject.toml), then the tests
 test: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m pytest tests -q
 
 demo: install
@@ -42,6 +45,5 @@ clean:
 
 # saferegx._C with the CUDA binding, built against a CUDA torch (2.14.1+cu130) in .venv-cuda and
 # loaded there, without a GPU: CUDA kernels registered, sm_90 code, no warning (docs/gpu.md).
-.PHONY: cuda-build
 cuda-build:
 	bash scripts/cuda_build.sh

@@ -1,4 +1,5 @@
 """Builds saferegx._C, the C++ kernels of the fused safety loss, with torch's cpp_extension."""
+
 import os
 import runpy
 from pathlib import Path
@@ -53,8 +54,10 @@ def _cuda_libraries() -> dict:
                 library_dirs.append(str(lib))
                 link.append(f"-l:{found[0].name}")
     if not link:
-        raise SystemExit("SAFEREGX_BUILD_CUDA: cuBLAS not found in the CUDA toolkit "
-                         f"({home}) nor in the nvidia-* wheels; install a CUDA build of torch")
+        raise SystemExit(
+            "SAFEREGX_BUILD_CUDA: cuBLAS not found in the CUDA toolkit "
+            f"({home}) nor in the nvidia-* wheels; install a CUDA build of torch"
+        )
     return dict(include_dirs=include_dirs, library_dirs=library_dirs, extra_link_args=link)
 
 
@@ -62,14 +65,14 @@ if torch.cuda.is_available() or os.environ.get("SAFEREGX_BUILD_CUDA") == "1":
     # The CUDA binding needs a CUDA torch (its headers); the kernels are torch-free .cuh files.
     # make cuda-build (scripts/cuda_build.sh) builds and checks it without a GPU.
     CUDA = _cuda_libraries()
-    EXT = CUDAExtension("saferegx._C", SOURCES + ["csrc/cuda/binding.cu"],
-                        include_dirs=INCLUDE_DIRS + CUDA.pop("include_dirs", []),
-                        extra_compile_args={
-                            "cxx": CXX_FLAGS,
-                            "nvcc": ["-O3", *_cuda_arch_flags()]},
-                        **CUDA)
+    EXT = CUDAExtension(
+        "saferegx._C",
+        SOURCES + ["csrc/cuda/binding.cu"],
+        include_dirs=INCLUDE_DIRS + CUDA.pop("include_dirs", []),
+        extra_compile_args={"cxx": CXX_FLAGS, "nvcc": ["-O3", *_cuda_arch_flags()]},
+        **CUDA,
+    )
 else:
-    EXT = CppExtension("saferegx._C", SOURCES, include_dirs=INCLUDE_DIRS,
-                       extra_compile_args={"cxx": CXX_FLAGS})
+    EXT = CppExtension("saferegx._C", SOURCES, include_dirs=INCLUDE_DIRS, extra_compile_args={"cxx": CXX_FLAGS})
 
 setup(ext_modules=[EXT], cmdclass={"build_ext": BuildExtension})

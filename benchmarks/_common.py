@@ -3,6 +3,7 @@
 The scripts run as ``python benchmarks/<name>.py``, which puts this folder on ``sys.path``, so a
 plain ``from _common import ...`` finds it.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -33,8 +34,10 @@ def machine() -> str:
         pass
     load = "load average {:.2f} {:.2f} {:.2f} at start".format(*os.getloadavg())
     gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return (f"{cpu}, {os.cpu_count()} cores{mem}{gpu}, torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads), Python {platform.python_version()}; {load}")
+    return (
+        f"{cpu}, {os.cpu_count()} cores{mem}{gpu}, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), Python {platform.python_version()}; {load}"
+    )
 
 
 def append_results(title: str, command: str, where: str, body: str) -> None:

@@ -19,6 +19,7 @@ Modes:
     .venv/bin/python benchmarks/cpu_loss.py --quick         # smoke run
     .venv/bin/python benchmarks/cpu_loss.py --write         # and append to benchmarks/RESULTS.md
 """
+
 from __future__ import annotations
 
 import argparse
@@ -112,8 +113,7 @@ def make_inputs(n: int, d: int, v: int, logit_std: float, ref_noise: float, seed
     return hidden, weight, ref_hidden, labels
 
 
-def make_step(mode: str, hidden, weight, ref_hidden, labels, kl: str, train_head: bool, ce_w: float,
-              kl_w: float):
+def make_step(mode: str, hidden, weight, ref_hidden, labels, kl: str, train_head: bool, ce_w: float, kl_w: float):
     """Returns step() -> (loss or None); it leaves dL/dh in hidden.grad (and dL/dW in weight.grad)."""
     import torch
 
@@ -125,8 +125,9 @@ def make_step(mode: str, hidden, weight, ref_hidden, labels, kl: str, train_head
         kl_weight = torch.full((n,), kl_w)
 
         def step():
-            out = saferegx.safety_loss(hidden, weight, labels, ref_hidden, ce_weight=ce_weight,
-                                       kl_weight=kl_weight, kl=kl, backend=mode)
+            out = saferegx.safety_loss(
+                hidden, weight, labels, ref_hidden, ce_weight=ce_weight, kl_weight=kl_weight, kl=kl, backend=mode
+            )
             out.loss.backward()
             return out.loss.detach()
 
@@ -135,10 +136,13 @@ def make_step(mode: str, hidden, weight, ref_hidden, labels, kl: str, train_head
         from liger_kernel.chunked_loss import LigerFusedLinearJSDLoss
 
         if kl != "reverse" or ce_w != 0.5 or kl_w != 0.5:
-            print(f"note: liger always computes 0.5 CE + 0.5 reverse KL here (got kl={kl}, "
-                  f"weights {ce_w}/{kl_w})", file=sys.stderr)
-        loss_fn = LigerFusedLinearJSDLoss(weight_hard_loss=0.5, weight_soft_loss=0.5, beta=1.0,
-                                          compiled=mode == "liger")
+            print(
+                f"note: liger always computes 0.5 CE + 0.5 reverse KL here (got kl={kl}, weights {ce_w}/{kl_w})",
+                file=sys.stderr,
+            )
+        loss_fn = LigerFusedLinearJSDLoss(
+            weight_hard_loss=0.5, weight_soft_loss=0.5, beta=1.0, compiled=mode == "liger"
+        )
 
         def step():
             loss = loss_fn(hidden, weight, ref_hidden, weight, labels)
@@ -148,6 +152,7 @@ def make_step(mode: str, hidden, weight, ref_hidden, labels, kl: str, train_head
         return step
     h, w, g = hidden.detach(), weight.detach(), ref_hidden.detach()
     if mode == "floor":
+
         def step():
             z = torch.mm(h, w.t())
             r = torch.mm(g, w.t())
@@ -169,13 +174,13 @@ def make_step(mode: str, hidden, weight, ref_hidden, labels, kl: str, train_head
             for s in range(0, n, c):
                 k = min(c, n - s)
                 st, zr = stacked[: 2 * k], tiles[: 2 * k]
-                st[:k].copy_(h[s:s + k])
-                st[k:].copy_(g[s:s + k])
+                st[:k].copy_(h[s : s + k])
+                st[k:].copy_(g[s : s + k])
                 torch.mm(st, w.t(), out=zr)  # policy and reference logits, one GEMM (shared head)
                 z = zr[:k]
-                torch.mm(z, w, out=dh[s:s + k])
+                torch.mm(z, w, out=dh[s : s + k])
                 if train_head:
-                    dw.addmm_(z.t(), h[s:s + k])
+                    dw.addmm_(z.t(), h[s : s + k])
             hidden.grad = dh
             if train_head:
                 weight.grad = dw
@@ -194,8 +199,9 @@ def child(args) -> None:
     hidden, weight, ref_hidden, labels = make_inputs(n, d, v, args.logit_std, args.ref_noise, args.seed)
     hidden.requires_grad_(True)
     weight.requires_grad_(args.train_head)
-    step = make_step(args.mode, hidden, weight, ref_hidden, labels, args.kl, args.train_head,
-                     args.ce_weight, args.kl_weight)
+    step = make_step(
+        args.mode, hidden, weight, ref_hidden, labels, args.kl, args.train_head, args.ce_weight, args.kl_weight
+    )
     gc.collect()
     rss_inputs = rss_bytes()
 
@@ -220,26 +226,56 @@ def child(args) -> None:
         times.append(dt)
     peak = peak_bytes(resettable)
     dh = hidden.grad
-    print(json.dumps({
-        "mode": args.mode, "size": args.size, "median_s": statistics.median(times), "times": times,
-        "warmup_s": warm, "peak_extra_mb": (peak - rss_before) / 2**20,
-        "warmup_peak_extra_mb": warm_peak / 2**20, "peak_reset": resettable,
-        "loss": None if loss is None else float(loss),
-        "dh_norm": None if args.mode.startswith("floor") else float(dh.norm()),
-        "chunk_rows": chunk_rows(v), "threads": torch.get_num_threads(),
-        "total_s": time.perf_counter() - t0,
-    }))
+    print(
+        json.dumps(
+            {
+                "mode": args.mode,
+                "size": args.size,
+                "median_s": statistics.median(times),
+                "times": times,
+                "warmup_s": warm,
+                "peak_extra_mb": (peak - rss_before) / 2**20,
+                "warmup_peak_extra_mb": warm_peak / 2**20,
+                "peak_reset": resettable,
+                "loss": None if loss is None else float(loss),
+                "dh_norm": None if args.mode.startswith("floor") else float(dh.norm()),
+                "chunk_rows": chunk_rows(v),
+                "threads": torch.get_num_threads(),
+                "total_s": time.perf_counter() - t0,
+            }
+        )
+    )
 
 
 # ---------------------------------------------------------------------------------------- parent
 
 
 def run_child(args, size: str, mode: str) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), "--_child", "--mode", mode, "--size", size,
-           "--repeats", str(args.repeats), "--kl", args.kl, "--logit-std", str(args.logit_std),
-           "--ref-noise", str(args.ref_noise), "--seed", str(args.seed),
-           "--ce-weight", str(args.ce_weight), "--kl-weight", str(args.kl_weight),
-           "--threads", str(args.threads)]
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--_child",
+        "--mode",
+        mode,
+        "--size",
+        size,
+        "--repeats",
+        str(args.repeats),
+        "--kl",
+        args.kl,
+        "--logit-std",
+        str(args.logit_std),
+        "--ref-noise",
+        str(args.ref_noise),
+        "--seed",
+        str(args.seed),
+        "--ce-weight",
+        str(args.ce_weight),
+        "--kl-weight",
+        str(args.kl_weight),
+        "--threads",
+        str(args.threads),
+    ]
     if args.train_head:
         cmd.append("--train-head")
     env = dict(os.environ)
@@ -260,9 +296,10 @@ def fmt(x, spec: str) -> str:
 
 
 def table(results: list[dict], train_head: bool) -> str:
-    rows = ["| size (N x D x V) | mode | median s | x floor | x floor-chunked | peak extra RSS MB "
-            "| loss |",
-            "|---|---|---:|---:|---:|---:|---:|"]
+    rows = [
+        "| size (N x D x V) | mode | median s | x floor | x floor-chunked | peak extra RSS MB | loss |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
     by_size: dict[str, list[dict]] = {}
     for r in results:
         by_size.setdefault(r["size"], []).append(r)
@@ -274,25 +311,32 @@ def table(results: list[dict], train_head: bool) -> str:
                 continue
             t = r["median_s"]
             f1, f2 = floors.get("floor"), floors.get("floor-chunked")
-            rows.append(f"| {size} | {r['mode']} | {t:.3f} | {fmt(f1 and t / f1, '.2f')} "
-                        f"| {fmt(f2 and t / f2, '.2f')} | {r['peak_extra_mb']:.0f} "
-                        f"| {fmt(r['loss'], '.6f')} |")
+            rows.append(
+                f"| {size} | {r['mode']} | {t:.3f} | {fmt(f1 and t / f1, '.2f')} "
+                f"| {fmt(f2 and t / f2, '.2f')} | {r['peak_extra_mb']:.0f} "
+                f"| {fmt(r['loss'], '.6f')} |"
+            )
     head = "dL/dh and dL/dW (head trained)" if train_head else "dL/dh only (head frozen)"
     return f"Forward + backward, {head}.\n\n" + "\n".join(rows)
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog="\n".join(__doc__.splitlines()[1:]))
+    ap = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(__doc__.splitlines()[1:]),
+    )
     ap.add_argument("--sizes", default=None, help=f"NxDxV,... (default {DEFAULT_SIZES})")
-    ap.add_argument("--modes", default=",".join(DEFAULT_MODES),
-                    help=f"comma-separated, from {', '.join(ALL_MODES)}")
+    ap.add_argument("--modes", default=",".join(DEFAULT_MODES), help=f"comma-separated, from {', '.join(ALL_MODES)}")
     ap.add_argument("--repeats", type=int, default=None, help="timed steps per mode (default 3)")
     ap.add_argument("--quick", action="store_true", help=f"sizes {QUICK_SIZES}, 1 repeat")
     ap.add_argument("--train-head", action="store_true", help="also dL/dW (the head trained)")
-    ap.add_argument("--kl", choices=("forward", "reverse"), default="reverse",
-                    help="KL direction of the saferegx modes (Liger's beta=1 is reverse)")
+    ap.add_argument(
+        "--kl",
+        choices=("forward", "reverse"),
+        default="reverse",
+        help="KL direction of the saferegx modes (Liger's beta=1 is reverse)",
+    )
     ap.add_argument("--ce-weight", type=float, default=0.5, help="per-row CE weight (saferegx)")
     ap.add_argument("--kl-weight", type=float, default=0.5, help="per-row KL weight (saferegx)")
     ap.add_argument("--logit-std", type=float, default=3.0, help="std of the policy logits")
@@ -314,14 +358,21 @@ def main(argv=None) -> None:
     bad = [m for m in modes if m not in ALL_MODES]
     if bad:
         ap.error(f"unknown modes {bad}; choose from {ALL_MODES}")
-    command = "python benchmarks/cpu_loss.py " + " ".join(shlex.quote(a) for a in
-                                                          (sys.argv[1:] if argv is None else argv))
-    print(f"# {command}\n# {machine()}\n# kl={args.kl}, repeats={args.repeats} after 1 warmup, "
-          f"one subprocess per mode", flush=True)
+    command = "python benchmarks/cpu_loss.py " + " ".join(
+        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)
+    )
+    print(
+        f"# {command}\n# {machine()}\n# kl={args.kl}, repeats={args.repeats} after 1 warmup, one subprocess per mode",
+        flush=True,
+    )
     if any(m.startswith("liger") for m in modes) and (
-            args.kl != "reverse" or args.ce_weight != 0.5 or args.kl_weight != 0.5):
-        print("# note: liger always computes 0.5 CE + 0.5 reverse KL; the saferegx modes now compute "
-              "another function, so their loss values differ from Liger's", flush=True)
+        args.kl != "reverse" or args.ce_weight != 0.5 or args.kl_weight != 0.5
+    ):
+        print(
+            "# note: liger always computes 0.5 CE + 0.5 reverse KL; the saferegx modes now compute "
+            "another function, so their loss values differ from Liger's",
+            flush=True,
+        )
     results = []
     for size in sizes.split(","):
         n, d, v = parse_sizes(size)[0]
@@ -332,16 +383,23 @@ def main(argv=None) -> None:
             if "error" in r:
                 print(f"  {mode:14s} FAILED: {r['error']}", flush=True)
             else:
-                print(f"  {mode:14s} median {r['median_s']:.3f} s (warmup {r['warmup_s']:.2f} s), "
-                      f"peak extra {r['peak_extra_mb']:.0f} MB, loss {fmt(r['loss'], '.6f')}, "
-                      f"|dh| {fmt(r['dh_norm'], '.6g')}", flush=True)
+                print(
+                    f"  {mode:14s} median {r['median_s']:.3f} s (warmup {r['warmup_s']:.2f} s), "
+                    f"peak extra {r['peak_extra_mb']:.0f} MB, loss {fmt(r['loss'], '.6f')}, "
+                    f"|dh| {fmt(r['dh_norm'], '.6g')}",
+                    flush=True,
+                )
     text = table(results, args.train_head)
     print("\n" + text + "\n\n" + NOTES)
     if args.write:
-        append_results("", command, machine(),
-                       f"KL: {args.kl}; ce/kl weight {args.ce_weight}/{args.kl_weight}; logit std "
-                       f"{args.logit_std}; median of {args.repeats} timed step(s) after 1 warmup.\n\n"
-                       f"{text}\n\n{NOTES}")
+        append_results(
+            "",
+            command,
+            machine(),
+            f"KL: {args.kl}; ce/kl weight {args.ce_weight}/{args.kl_weight}; logit std "
+            f"{args.logit_std}; median of {args.repeats} timed step(s) after 1 warmup.\n\n"
+            f"{text}\n\n{NOTES}",
+        )
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ forward+backward within 1.2x of the GEMM floor, at least 1.3x faster than liger-
 within the O(N*D + chunk*V) bound (`memory_bound_mib`), relative error against float64 within
 1e-2. `--dry-run` prints the plan and the bounds without a GPU.
 """
+
 import argparse
 import json
 import os
@@ -43,20 +44,27 @@ class Row:
 
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", nargs="+", default=[parse_size(s) for s in DEFAULT_SIZES],
-                    type=parse_size,
-                    help="NxDxV sizes (tokens x hidden x vocab)")
+    ap.add_argument(
+        "--sizes",
+        nargs="+",
+        default=[parse_size(s) for s in DEFAULT_SIZES],
+        type=parse_size,
+        help="NxDxV sizes (tokens x hidden x vocab)",
+    )
     ap.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
-    ap.add_argument("--kl", choices=("forward", "reverse"), default="reverse",
-                    help="reverse matches Liger's JSD at beta=1.0")
+    ap.add_argument(
+        "--kl", choices=("forward", "reverse"), default="reverse", help="reverse matches Liger's JSD at beta=1.0"
+    )
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     ap.add_argument("--rep", type=int, default=200, help="do_bench time budget per method (ms)")
     ap.add_argument("--skip-check", action="store_true", help="skip the small correctness check")
     ap.add_argument("--out", help="write the results as JSON here")
-    ap.add_argument("--full-check", action="store_true",
-                    help="at the first size, triton and cuda against float64 (row-chunked)")
-    ap.add_argument("--dry-run", action="store_true",
-                    help="check the arguments, print the plan and memory bounds; no GPU needed")
+    ap.add_argument(
+        "--full-check", action="store_true", help="at the first size, triton and cuda against float64 (row-chunked)"
+    )
+    ap.add_argument(
+        "--dry-run", action="store_true", help="check the arguments, print the plan and memory bounds; no GPU needed"
+    )
     return ap.parse_args(argv)
 
 
@@ -73,8 +81,10 @@ def markdown_table(rows: list[Row], dtype_bytes: int = 2) -> str:
     over this one's (> 1: faster than Liger), peak memory and the O(N*D + chunk*V) bound."""
     floor = {(r.n, r.d, r.v): r.ms for r in rows if r.method == "gemm-floor" and r.ms}
     jsd = {(r.n, r.d, r.v): r.ms for r in rows if r.method == "liger-jsd" and r.ms}
-    lines = ["| N x D x V | method | fwd+bwd ms | x GEMM floor | liger-jsd / this | peak MiB "
-             "| bound MiB | note |", "|---|---|---:|---:|---:|---:|---:|---|"]
+    lines = [
+        "| N x D x V | method | fwd+bwd ms | x GEMM floor | liger-jsd / this | peak MiB | bound MiB | note |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
+    ]
     for r in rows:
         size = (r.n, r.d, r.v)
         ratio = f"{r.ms / floor[size]:.2f}" if r.ms and size in floor else "-"
@@ -82,8 +92,7 @@ def markdown_table(rows: list[Row], dtype_bytes: int = 2) -> str:
         ms = f"{r.ms:.2f}" if r.ms is not None else "-"
         mem = f"{r.peak_mib:.0f}" if r.peak_mib is not None else "-"
         bound = f"{memory_bound_mib(*size, dtype_bytes):.0f}"
-        lines.append(f"| {r.n} x {r.d} x {r.v} | {r.method} | {ms} | {ratio} | {speed} | {mem} "
-                     f"| {bound} | {r.note} |")
+        lines.append(f"| {r.n} x {r.d} x {r.v} | {r.method} | {ms} | {ratio} | {speed} | {mem} | {bound} | {r.note} |")
     return "\n".join(lines)
 
 
@@ -113,6 +122,7 @@ def logits_mib(n: int, v: int) -> float:
 # The problems and the methods under test. Each method maps inputs to a function running one
 # forward+backward; the inputs carry the gradients' targets so do_bench can reset them.
 
+
 def make_inputs(n, d, v, dtype, device="cuda", seed=0):
     g = torch.Generator(device=device).manual_seed(seed)
     hidden = torch.randn(n, d, device=device, generator=g, dtype=torch.float32)
@@ -120,9 +130,12 @@ def make_inputs(n, d, v, dtype, device="cuda", seed=0):
     ref_hidden = hidden + 0.5 * torch.randn(n, d, device=device, generator=g)
     labels = torch.randint(0, v, (n,), device=device, generator=g)
     labels[torch.rand(n, device=device, generator=g) < 0.1] = -100
-    return dict(hidden=hidden.to(dtype).requires_grad_(True),
-                weight=weight.to(dtype).requires_grad_(True),
-                ref_hidden=ref_hidden.to(dtype), labels=labels)
+    return dict(
+        hidden=hidden.to(dtype).requires_grad_(True),
+        weight=weight.to(dtype).requires_grad_(True),
+        ref_hidden=ref_hidden.to(dtype),
+        labels=labels,
+    )
 
 
 def saferegx_method(backend):
@@ -133,10 +146,20 @@ def saferegx_method(backend):
         half = torch.full((n,), 0.5, device=x["hidden"].device)
 
         def step():
-            loss = saferegx.safety_loss(x["hidden"], x["weight"], x["labels"], x["ref_hidden"],
-                                        ce_weight=half, kl_weight=half, kl=kl, backend=backend).loss
+            loss = saferegx.safety_loss(
+                x["hidden"],
+                x["weight"],
+                x["labels"],
+                x["ref_hidden"],
+                ce_weight=half,
+                kl_weight=half,
+                kl=kl,
+                backend=backend,
+            ).loss
             loss.backward()
+
         return step
+
     return build
 
 
@@ -148,6 +171,7 @@ def liger_jsd(x, kl):
 
     def step():
         loss_fn(x["hidden"], x["weight"], x["ref_hidden"], teacher_w, x["labels"]).backward()
+
     return step
 
 
@@ -158,6 +182,7 @@ def liger_flce(x, kl):
 
     def step():
         loss_fn(x["weight"], x["hidden"], x["labels"]).backward()
+
     return step
 
 
@@ -171,6 +196,7 @@ def gemm_floor(x, kl):
         torch.mm(g, w.T)
         torch.mm(dz, w)
         torch.mm(dz.T, h)
+
     return step
 
 
@@ -201,6 +227,7 @@ def available(method: str) -> str | None:
 
 # ---------------------------------------------------------------------------------------------
 
+
 def check_correctness(methods, kl) -> list[str]:
     """fp32 and bf16 runs of the fused backends against the float64 reference at a small size."""
     import saferegx
@@ -213,14 +240,14 @@ def check_correctness(methods, kl) -> list[str]:
                 ce_w = torch.rand(333, device="cuda")
                 kl_w = torch.rand(333, device="cuda")
                 got = run_once(saferegx.safety_loss, x, backend, ce_w, kl_w, kl, reduction)
-                x64 = {k: (t.detach().double().requires_grad_(t.requires_grad)
-                           if t.is_floating_point() else t) for k, t in x.items()}
-                want = run_once(saferegx.safety_loss, x64, "unfused", ce_w.double(),
-                                kl_w.double(), kl, reduction)
+                x64 = {
+                    k: (t.detach().double().requires_grad_(t.requires_grad) if t.is_floating_point() else t)
+                    for k, t in x.items()
+                }
+                want = run_once(saferegx.safety_loss, x64, "unfused", ce_w.double(), kl_w.double(), kl, reduction)
                 errs = {k: rel_err(got[k], want[k]) for k in want}
                 status = "ok" if max(errs.values()) <= tol else "FAIL"
-                line = f"{status} {backend} {dtype} {reduction}: " + ", ".join(
-                    f"{k} {e:.1e}" for k, e in errs.items())
+                line = f"{status} {backend} {dtype} {reduction}: " + ", ".join(f"{k} {e:.1e}" for k, e in errs.items())
                 print(line)
                 if status == "FAIL":
                     problems.append(line)
@@ -230,8 +257,9 @@ def check_correctness(methods, kl) -> list[str]:
 def run_once(fn, x, backend, ce_w, kl_w, kl, reduction):
     h = x["hidden"].detach().clone().requires_grad_(True)
     w = x["weight"].detach().clone().requires_grad_(True)
-    out = fn(h, w, x["labels"], x["ref_hidden"], ce_weight=ce_w, kl_weight=kl_w, kl=kl,
-             reduction=reduction, backend=backend)
+    out = fn(
+        h, w, x["labels"], x["ref_hidden"], ce_weight=ce_w, kl_weight=kl_w, kl=kl, reduction=reduction, backend=backend
+    )
     upstream = torch.linspace(0.5, 1.5, out.loss.numel(), device=h.device, dtype=out.loss.dtype)
     (out.loss * upstream.reshape(out.loss.shape)).sum().backward()
     return {"loss": out.loss.detach(), "ce": out.ce, "kl": out.kl, "dh": h.grad, "dW": w.grad}
@@ -261,8 +289,15 @@ def float64_reference(x, ce_w, kl_w, kl, chunk=512):
         e = min(s + chunk, h.shape[0])
         hc = h[s:e].clone().requires_grad_(True)
         rows, ce_c, kl_c = saferegx.safety_loss_unfused(
-            hc, w, labels[s:e], g[s:e], ce_weight=ce_w[s:e].double(),
-            kl_weight=kl_w[s:e].double(), kl=kl, reduction="none")
+            hc,
+            w,
+            labels[s:e],
+            g[s:e],
+            ce_weight=ce_w[s:e].double(),
+            kl_weight=kl_w[s:e].double(),
+            kl=kl,
+            reduction="none",
+        )
         part = rows.sum() / n_valid
         (part * upstream).backward()
         loss = loss + part.detach()
@@ -287,8 +322,11 @@ def full_check(backends, n, d, v, dtype, kl) -> dict:
         errors[backend] = {k: rel_err(got[k], want[k]) for k in want}
         del got
         torch.cuda.empty_cache()
-        print(f"full check {backend} {n}x{d}x{v} {dtype}: " + ", ".join(
-            f"{k} {e:.1e}" for k, e in errors[backend].items()), flush=True)
+        print(
+            f"full check {backend} {n}x{d}x{v} {dtype}: "
+            + ", ".join(f"{k} {e:.1e}" for k, e in errors[backend].items()),
+            flush=True,
+        )
     del x, want
     torch.cuda.empty_cache()
     return errors
@@ -304,9 +342,16 @@ def targets(rows: list[Row], errors: dict, dtype: str) -> list[dict]:
     out = []
 
     def add(name, value, threshold, met):
-        out.append(dict(name=name, value=None if value is None else round(value, 4),
-                        threshold=threshold, met=met, size="x".join(map(str, TARGET_SIZE)),
-                        dtype=dtype))
+        out.append(
+            dict(
+                name=name,
+                value=None if value is None else round(value, 4),
+                threshold=threshold,
+                met=met,
+                size="x".join(map(str, TARGET_SIZE)),
+                dtype=dtype,
+            )
+        )
 
     ok = t is not None and t.ms is not None and dtype == "bf16"
     ratio = t.ms / floor.ms if ok and floor and floor.ms else None
@@ -351,12 +396,16 @@ def bench(method, n, d, v, dtype, kl, rep) -> Row:
 def main(argv=None) -> int:
     args = parse_args(argv)
     dtype_bytes = torch.empty((), dtype=DTYPES[args.dtype]).element_size()
-    plan = dict(sizes=["x".join(map(str, s)) for s in args.sizes], methods=args.methods,
-                dtype=args.dtype, kl=args.kl, rep_ms=args.rep, full_check=args.full_check,
-                memory_bound_mib={"x".join(map(str, s)): round(memory_bound_mib(*s, dtype_bytes))
-                                  for s in args.sizes},
-                logits_mib={"x".join(map(str, s)): round(logits_mib(s[0], s[2]))
-                            for s in args.sizes})
+    plan = dict(
+        sizes=["x".join(map(str, s)) for s in args.sizes],
+        methods=args.methods,
+        dtype=args.dtype,
+        kl=args.kl,
+        rep_ms=args.rep,
+        full_check=args.full_check,
+        memory_bound_mib={"x".join(map(str, s)): round(memory_bound_mib(*s, dtype_bytes)) for s in args.sizes},
+        logits_mib={"x".join(map(str, s)): round(logits_mib(s[0], s[2])) for s in args.sizes},
+    )
     if args.dry_run:
         print(json.dumps(plan, indent=1))
         if args.out:
@@ -371,16 +420,20 @@ def main(argv=None) -> int:
     os.environ["SAFEREGX_CHECK_VALUES"] = "0"  # the API's label/weight checks sync the host
     errors = {}
     if args.full_check:
-        errors = full_check([m for m in ("triton", "cuda") if m in args.methods], *args.sizes[0],
-                            DTYPES[args.dtype], args.kl)
-        problems += [f"{b} full-size {k} error {e:.1e} > 1e-2" for b, errs in errors.items()
-                     for k, e in errs.items() if e > 1e-2]
+        errors = full_check(
+            [m for m in ("triton", "cuda") if m in args.methods], *args.sizes[0], DTYPES[args.dtype], args.kl
+        )
+        problems += [
+            f"{b} full-size {k} error {e:.1e} > 1e-2" for b, errs in errors.items() for k, e in errs.items() if e > 1e-2
+        ]
     rows = []
     for n, d, v in args.sizes:
         for method in args.methods:
             row = bench(method, n, d, v, DTYPES[args.dtype], args.kl, args.rep)
-            print(f"  {method:12s} {n}x{d}x{v}: {row.ms if row.ms is None else round(row.ms, 2)} ms"
-                  f" {row.note}", flush=True)
+            print(
+                f"  {method:12s} {n}x{d}x{v}: {row.ms if row.ms is None else round(row.ms, 2)} ms {row.note}",
+                flush=True,
+            )
             rows.append(row)
     goals = targets(rows, errors, args.dtype)
     print()
@@ -391,10 +444,21 @@ def main(argv=None) -> int:
         print(f"target {g['name']} {g['threshold']}: {g['value']} ({mark})")
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"device": device, "torch": torch.__version__, "plan": plan,
-                       "dtype": args.dtype, "kl": args.kl, "correctness_failures": problems,
-                       "full_size_errors": errors, "targets": goals,
-                       "rows": [asdict(r) for r in rows]}, f, indent=2)
+            json.dump(
+                {
+                    "device": device,
+                    "torch": torch.__version__,
+                    "plan": plan,
+                    "dtype": args.dtype,
+                    "kl": args.kl,
+                    "correctness_failures": problems,
+                    "full_size_errors": errors,
+                    "targets": goals,
+                    "rows": [asdict(r) for r in rows],
+                },
+                f,
+                indent=2,
+            )
     return 1 if problems else 0
 
 

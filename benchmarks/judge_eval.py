@@ -9,6 +9,7 @@ LMJudge on SmolLM2 and the response judge (saferegx.eval.judge.compare_judges, t
 The first run fits the response judge (cached) and LMJudge reads every test pair with the
 embedded model: minutes on 2 cores.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,9 @@ from saferegx.eval.judge import JUDGES, agreement_markdown, compare_judges
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--judges", default=",".join(JUDGES),
-                    help=f"comma-separated subset of {', '.join(JUDGES)} (default: all)")
+    ap.add_argument(
+        "--judges", default=",".join(JUDGES), help=f"comma-separated subset of {', '.join(JUDGES)} (default: all)"
+    )
     ap.add_argument("--seed", type=int, default=0, help="split and bootstrap seed")
     ap.add_argument("--write", action="store_true", help="append the tables to benchmarks/RESULTS.md")
     args = ap.parse_args()
@@ -41,8 +43,9 @@ def main() -> None:
     print(f"\n({took:.0f} s)")
     if args.write:
         command = "python benchmarks/judge_eval.py " + shlex.join(sys.argv[1:])
-        append_results("Judge agreement with held-out labels", command.strip(), where,
-                       f"{table}\n\nWall time {took:.0f} s.")
+        append_results(
+            "Judge agreement with held-out labels", command.strip(), where, f"{table}\n\nWall time {took:.0f} s."
+        )
 
 
 if __name__ == "__main__":

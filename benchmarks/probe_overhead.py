@@ -14,6 +14,7 @@ measures it two ways in one run:
 
     .venv/bin/python benchmarks/probe_overhead.py [--batch 8] [--seq-len 256] [--repeats 4] [--warmup 2] [--write]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,7 +59,7 @@ class Step:
         self.block = decoder_layers(model)[layer]
         d = model.config.hidden_size
         g = torch.Generator().manual_seed(1)
-        self.w, self.b = torch.randn(d, generator=g) / d ** 0.5, -0.5  # values do not change cost
+        self.w, self.b = torch.randn(d, generator=g) / d**0.5, -0.5  # values do not change cost
         captured: dict = {}
         with torch.no_grad(), self.hooked(captured):
             model.model(input_ids=ids, attention_mask=mask)
@@ -70,6 +71,7 @@ class Step:
     @contextlib.contextmanager
     def hooked(self, captured: dict):
         """Capture the probe layer's output while inside."""
+
         def fn(_module, _args, output):
             captured["h"] = output[0] if isinstance(output, tuple) else output
 
@@ -85,13 +87,19 @@ class Step:
         model.zero_grad(set_to_none=True)
         hidden = model.model(input_ids=self.ids, attention_mask=self.mask).last_hidden_state
         captured: dict = {}
-        with torch.no_grad(), (self.hooked(captured) if probe else contextlib.nullcontext()):
+        with torch.no_grad(), self.hooked(captured) if probe else contextlib.nullcontext():
             ref = model.model(input_ids=self.ids, attention_mask=self.mask).last_hidden_state
         risk = self.read(captured) if probe else self.fixed_risk
         beta = (0.1 + 0.8 * risk)[:, None].expand(b, t).reshape(-1)
-        out = saferegx.safety_loss(hidden.reshape(b * t, -1), model.lm_head.weight, self.labels,
-                                   ref.reshape(b * t, -1), ce_weight=1 - beta, kl_weight=beta,
-                                   backend="cpu")
+        out = saferegx.safety_loss(
+            hidden.reshape(b * t, -1),
+            model.lm_head.weight,
+            self.labels,
+            ref.reshape(b * t, -1),
+            ce_weight=1 - beta,
+            kl_weight=beta,
+            backend="cpu",
+        )
         out.loss.backward()
         return time.perf_counter() - t0
 
@@ -115,15 +123,21 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq-len", type=int, default=256)
-    ap.add_argument("--layer", type=int, default=21, help="probe layer (21: best last-token layer "
-                                                          "of the sweep in docs/risk.md)")
+    ap.add_argument(
+        "--layer", type=int, default=21, help="probe layer (21: best last-token layer of the sweep in docs/risk.md)"
+    )
     ap.add_argument("--repeats", type=int, default=4, help="timed steps per variant")
-    ap.add_argument("--warmup", type=int, default=2,
-                    help="untimed steps per variant first (the first ones pay allocation and page faults)")
+    ap.add_argument(
+        "--warmup",
+        type=int,
+        default=2,
+        help="untimed steps per variant first (the first ones pay allocation and page faults)",
+    )
     ap.add_argument("--write", action="store_true", help=f"append the result to {RESULTS}")
     args = ap.parse_args(argv)
     command = "python benchmarks/probe_overhead.py " + " ".join(
-        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)
+    )
     where = machine()
     print(f"# {command}\n# {where}", flush=True)
 
@@ -135,25 +149,31 @@ def main(argv=None):
             step(probe)
     times = {False: [], True: []}
     for r in range(args.repeats):
-        for probe in ((False, True) if r % 2 == 0 else (True, False)):  # ABBA
+        for probe in (False, True) if r % 2 == 0 else (True, False):  # ABBA
             times[probe].append(step(probe))
             print(f"  repeat {r} {'probe' if probe else 'base '}: {times[probe][-1]:.3f} s", flush=True)
     base, with_probe = (statistics.median(times[p]) for p in (False, True))
     paired = statistics.median((p - q) / q for p, q in zip(times[True], times[False]))
     read_s = step.isolated_read()
     rows = [("base step (no probe read)", times[False]), ("step with probe read", times[True])]
-    text = "\n".join(["| variant | median (s) | min (s) | max (s) |", "|---|---:|---:|---:|"] + [
-        f"| {name} | {statistics.median(ts):.3f} | {min(ts):.3f} | {max(ts):.3f} |" for name, ts in rows])
-    text += (f"\n\n- overhead of the medians: {100 * (with_probe - base) / base:+.2f}% "
-             f"(paired median {100 * paired:+.2f}%); noise: the base steps alone spread "
-             f"{100 * (max(times[False]) - min(times[False])) / base:.1f}% (max - min)\n"
-             f"- probe read alone (hook on/off, `saferegx.probe_risk`: gather, dot, sigmoid): "
-             f"{read_s * 1e6:.0f} us = "
-             f"{100 * read_s / base:.4f}% of a step (target <= 1%)")
-    setup = (f"SmolLM2-135M-Instruct fp32, batch {args.batch} x {args.seq_len} tokens, probe layer "
-             f"{args.layer} (pool last), all parameters trained (no optimizer step), forward KL, "
-             f"beta = 0.1 + 0.8 risk (the same risk values in both variants); {args.repeats} timed steps "
-             f"per variant after {args.warmup} warmup, ABBA order.")
+    text = "\n".join(
+        ["| variant | median (s) | min (s) | max (s) |", "|---|---:|---:|---:|"]
+        + [f"| {name} | {statistics.median(ts):.3f} | {min(ts):.3f} | {max(ts):.3f} |" for name, ts in rows]
+    )
+    text += (
+        f"\n\n- overhead of the medians: {100 * (with_probe - base) / base:+.2f}% "
+        f"(paired median {100 * paired:+.2f}%); noise: the base steps alone spread "
+        f"{100 * (max(times[False]) - min(times[False])) / base:.1f}% (max - min)\n"
+        f"- probe read alone (hook on/off, `saferegx.probe_risk`: gather, dot, sigmoid): "
+        f"{read_s * 1e6:.0f} us = "
+        f"{100 * read_s / base:.4f}% of a step (target <= 1%)"
+    )
+    setup = (
+        f"SmolLM2-135M-Instruct fp32, batch {args.batch} x {args.seq_len} tokens, probe layer "
+        f"{args.layer} (pool last), all parameters trained (no optimizer step), forward KL, "
+        f"beta = 0.1 + 0.8 risk (the same risk values in both variants); {args.repeats} timed steps "
+        f"per variant after {args.warmup} warmup, ABBA order."
+    )
     print(f"\n{setup}\n\n{text}")
     if args.write:
         append_results("Probe read overhead", command, where, f"{setup}\n\n{text}")

@@ -6,6 +6,7 @@ same test prompts. Prints Markdown tables (pasted into docs/risk.md).
 
     .venv/bin/python benchmarks/probe_sweep.py [--limit N] [--max-length 128]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,16 +36,22 @@ def main():
     if args.limit:
         keep = lambda idx: idx[idx < args.limit]
         train, val, test = keep(train), keep(val), keep(test)
-    print(f"prompts: {len(texts)} ({int(labels.sum())} harmful); "
-          f"train {len(train)}, val {len(val)}, test {len(test)}")
+    print(f"prompts: {len(texts)} ({int(labels.sum())} harmful); train {len(train)}, val {len(val)}, test {len(test)}")
 
     model, tokenizer = load_model(args.model)
     n_layers = model.config.num_hidden_layers
     layers = list(range(n_layers))
     used = torch.cat([train, val, test]).sort().values
     t0 = time.perf_counter()
-    acts = prompt_activations(model, tokenizer, [texts[i] for i in used], layers, ("last", "mean"),
-                              batch_size=args.batch_size, max_length=args.max_length)
+    acts = prompt_activations(
+        model,
+        tokenizer,
+        [texts[i] for i in used],
+        layers,
+        ("last", "mean"),
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+    )
     print(f"activations: {len(used)} prompts x {n_layers} layers, {time.perf_counter() - t0:.0f} s")
     # re-index the splits into the rows of `acts`
     pos = torch.full((len(texts),), -1, dtype=torch.long)
@@ -56,9 +63,18 @@ def main():
     candidates = [(layer,) for layer in layers] + thirds + [tuple(layers)]
     results = {}
     for pool in ("last", "mean"):
-        probe = fit_probe(acts[pool], y, layers, train_idx=tr, val_idx=va, pool=pool,
-                          model_name=model_name(model), num_layers=n_layers,
-                          candidates=candidates, data="default_split")
+        probe = fit_probe(
+            acts[pool],
+            y,
+            layers,
+            train_idx=tr,
+            val_idx=va,
+            pool=pool,
+            model_name=model_name(model),
+            num_layers=n_layers,
+            candidates=candidates,
+            data="default_split",
+        )
         risk = probe.risk(acts[pool][list(probe.layers)].mean(0)[te])
         results[pool] = probe, risk
 
@@ -80,11 +96,15 @@ def main():
     for pool, (probe, risk) in results.items():
         ls = probe.layers
         name = str(ls[0]) if len(ls) == 1 else f"{ls[0]}-{ls[-1]} avg"
-        print(f"| probe, pool={pool} | {name} | {auroc(risk, yt):.4f} | "
-              f"{accuracy(risk, yt):.4f} | {tpr_at_fpr(risk, yt):.4f} |")
+        print(
+            f"| probe, pool={pool} | {name} | {auroc(risk, yt):.4f} | "
+            f"{accuracy(risk, yt):.4f} | {tpr_at_fpr(risk, yt):.4f} |"
+        )
     yc = labels[test]
-    print(f"| critic (MiniLM + logistic) | - | {auroc(c_risk, yc):.4f} | "
-          f"{accuracy(c_risk, yc):.4f} | {tpr_at_fpr(c_risk, yc):.4f} |")
+    print(
+        f"| critic (MiniLM + logistic) | - | {auroc(c_risk, yc):.4f} | "
+        f"{accuracy(c_risk, yc):.4f} | {tpr_at_fpr(c_risk, yc):.4f} |"
+    )
     print(f"\ncritic scoring: {len(test)} prompts in {c_time:.1f} s")
 
 

@@ -18,6 +18,7 @@ SFT: (its seconds) / (steps per epoch x the median plain step).
 
     .venv/bin/python benchmarks/step_cost.py [--steps 12] [--repeats 2] [--gate 0.05] [--write]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,9 +46,11 @@ from saferegx.train import TrainConfig, train
 from _common import RESULTS, append_results, machine
 
 MIXES = {"demo mix (85 harmful : 300 task)": (85, 300), "realistic mix (5% harmful)": (20, 380)}
-FILLER = ("Sure, here is a detailed answer. First, you will need to gather the materials and "
-          "find a quiet place to work. Then follow the steps below carefully, one at a time, "
-          "and check each result before moving on to the next part of the process.")
+FILLER = (
+    "Sure, here is a detailed answer. First, you will need to gather the materials and "
+    "find a quiet place to work. Then follow the steps below carefully, one at a time, "
+    "and check each result before moving on to the next part of the process."
+)
 
 
 def write_mix(path: Path, n_harmful: int, n_task: int) -> Path:
@@ -56,8 +59,7 @@ def write_mix(path: Path, n_harmful: int, n_task: int) -> Path:
     import random
 
     rows = [{"prompt": p, "response": FILLER, "risk": 1.0} for p in harmful_prompts()[:n_harmful]]
-    rows += [{"prompt": r["prompt"], "response": r["response"], "risk": 0.0}
-             for r in utility_task("train", n_task)]
+    rows += [{"prompt": r["prompt"], "response": r["response"], "risk": 0.0} for r in utility_task("train", n_task)]
     random.Random(0).shuffle(rows)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
@@ -67,15 +69,31 @@ def run_arm(arm: str, data: Path, probe: Path, out: Path, steps: int, batch: int
     """(per-step seconds, pre-pass seconds, steps per epoch, fraction gated out) of one run."""
     model, tokenizer = load_model()
     risk = {"plain": "none"}.get(arm, "probe")
-    cfg = TrainConfig(data=[str(data)], output_dir=str(out), risk=risk, probe=str(probe),
-                      schedule_mode="sequence", beta_min=0.0, max_steps=steps, batch_size=batch,
-                      max_length=256, kl_gate=gate if arm == "adaptive + gate" else 0.0,
-                      reference_cache_mb=0, tensorboard=False, progress=False, seed=0)
+    cfg = TrainConfig(
+        data=[str(data)],
+        output_dir=str(out),
+        risk=risk,
+        probe=str(probe),
+        schedule_mode="sequence",
+        beta_min=0.0,
+        max_steps=steps,
+        batch_size=batch,
+        max_length=256,
+        kl_gate=gate if arm == "adaptive + gate" else 0.0,
+        reference_cache_mb=0,
+        tensorboard=False,
+        progress=False,
+        seed=0,
+    )
     result = train(cfg, model=model, tokenizer=tokenizer)
     n = sum(1 for line in data.read_text().splitlines() if line.strip())
     gated = [r["gated_out"] for r in result.history if r.get("gated_out") is not None]
-    return ([r["seconds"] for r in result.history], result.prepass_seconds, math.ceil(n / batch),
-            statistics.mean(gated) if gated else float("nan"))
+    return (
+        [r["seconds"] for r in result.history],
+        result.prepass_seconds,
+        math.ceil(n / batch),
+        statistics.mean(gated) if gated else float("nan"),
+    )
 
 
 def main() -> None:
@@ -92,13 +110,24 @@ def main() -> None:
     model, _ = load_model()
     d, n_layers = model.config.hidden_size, len(decoder_layers(model))
     probe = tmp / "probe.safetensors"
-    Probe(torch.randn(d) * 0.05, 0.0, (21,), "last", model_name(model), d, n_layers,
-          auroc=float("nan"), data="random (cost benchmark)").save(probe)
+    Probe(
+        torch.randn(d) * 0.05,
+        0.0,
+        (21,),
+        "last",
+        model_name(model),
+        d,
+        n_layers,
+        auroc=float("nan"),
+        data="random (cost benchmark)",
+    ).save(probe)
     del model
 
     arms = ("plain", "adaptive", "adaptive + gate")
-    table = ("| mix | arm | median s/step | ratio to plain | sequences gated out | pre-pass s | "
-             "pre-pass / plain epoch |\n|---|---|---:|---:|---:|---:|---:|\n")
+    table = (
+        "| mix | arm | median s/step | ratio to plain | sequences gated out | pre-pass s | "
+        "pre-pass / plain epoch |\n|---|---|---:|---:|---:|---:|---:|\n"
+    )
     summary = []
     for mix in [m.strip() for m in args.mixes.split(",")]:
         data = write_mix(tmp / f"{len(summary)}.jsonl", *MIXES[mix])
@@ -107,37 +136,54 @@ def main() -> None:
         gated = {a: [] for a in arms}
         for rep in range(args.repeats):
             for arm in arms if rep % 2 == 0 else arms[::-1]:
-                s, pre, per_epoch, g = run_arm(arm, data, probe, tmp / f"{arm}-{rep}-{len(summary)}",
-                                               args.steps, args.batch, args.gate)
+                s, pre, per_epoch, g = run_arm(
+                    arm, data, probe, tmp / f"{arm}-{rep}-{len(summary)}", args.steps, args.batch, args.gate
+                )
                 seconds[arm] += s[1:]  # the first step warms up allocator and threads
                 prepass[arm].append(pre)
                 gated[arm].append(g)
-                print(f"{mix} repeat {rep} {arm}: {statistics.median(s[1:]):.2f} s/step, "
-                      f"pre-pass {pre:.1f} s", flush=True)
+                print(
+                    f"{mix} repeat {rep} {arm}: {statistics.median(s[1:]):.2f} s/step, pre-pass {pre:.1f} s", flush=True
+                )
         plain = statistics.median(seconds["plain"])
         for arm in arms:
             med = statistics.median(seconds[arm])
             pre = statistics.median(prepass[arm])
             g = statistics.mean(gated[arm])
             share = "-" if arm == "plain" else f"{100 * pre / (per_epoch * plain):.1f}%"
-            table += (f"| {mix} | {arm} | {med:.2f} | {med / plain:.2f}x | "
-                      f"{'-' if math.isnan(g) else f'{100 * g:.0f}%'} | "
-                      f"{'-' if arm == 'plain' else f'{pre:.1f}'} | {share} |\n")
-        summary.append((mix, statistics.median(seconds["adaptive + gate"]) / plain,
-                        statistics.median(seconds["adaptive"]) / plain,
-                        statistics.median(prepass["adaptive + gate"]) / (per_epoch * plain)))
-    table += "\n" + "\n".join(
-        f"- {mix}: adaptive + gate **{gated_ratio:.2f}x** plain (no gate {ungated:.2f}x); pre-pass "
-        f"{100 * share:.1f}% of a plain epoch" for mix, gated_ratio, ungated, share in summary) + "\n"
+            table += (
+                f"| {mix} | {arm} | {med:.2f} | {med / plain:.2f}x | "
+                f"{'-' if math.isnan(g) else f'{100 * g:.0f}%'} | "
+                f"{'-' if arm == 'plain' else f'{pre:.1f}'} | {share} |\n"
+            )
+        summary.append(
+            (
+                mix,
+                statistics.median(seconds["adaptive + gate"]) / plain,
+                statistics.median(seconds["adaptive"]) / plain,
+                statistics.median(prepass["adaptive + gate"]) / (per_epoch * plain),
+            )
+        )
+    table += (
+        "\n"
+        + "\n".join(
+            f"- {mix}: adaptive + gate **{gated_ratio:.2f}x** plain (no gate {ungated:.2f}x); pre-pass "
+            f"{100 * share:.1f}% of a plain epoch"
+            for mix, gated_ratio, ungated, share in summary
+        )
+        + "\n"
+    )
     print(table)
     if args.write:
-        append_results("Adaptive (pre-pass, gate) vs plain training step, epoch 1",
-                       "python benchmarks/step_cost.py " + shlex.join(sys.argv[1:]), machine(),
-                       f"SmolLM2-135M-Instruct, LoRA r=16 on all projections, batch {args.batch}, "
-                       f"max_length 256, {args.steps} steps per run (the first dropped as warmup), "
-                       f"reference cache off, default reference precision, kl_gate {args.gate}; "
-                       "per-step seconds from the trainer's metrics; model loading excluded.\n\n"
-                       + table)
+        append_results(
+            "Adaptive (pre-pass, gate) vs plain training step, epoch 1",
+            "python benchmarks/step_cost.py " + shlex.join(sys.argv[1:]),
+            machine(),
+            f"SmolLM2-135M-Instruct, LoRA r=16 on all projections, batch {args.batch}, "
+            f"max_length 256, {args.steps} steps per run (the first dropped as warmup), "
+            f"reference cache off, default reference precision, kl_gate {args.gate}; "
+            "per-step seconds from the trainer's metrics; model loading excluded.\n\n" + table,
+        )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ One step = forward + backward to dL/dh (the head frozen), 0.5 CE + 0.5 reverse K
 benchmarks/cpu_loss.py (whose step builders these reuse). Timings only: for per-mode peak memory
 run cpu_loss.py, which gives each mode its own process.
 """
+
 import os
 
 import pytest

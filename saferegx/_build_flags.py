@@ -1,5 +1,6 @@
 """Compiler flags, include folders and sources of the C++ extension, shared by setup.py and the
 JIT fallback."""
+
 from pathlib import Path
 
 # -fopenmp-simd lets the softmax loops vectorize their reductions (no OpenMP runtime needed),

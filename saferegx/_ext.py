@@ -3,6 +3,7 @@
 The module built by `pip install` is used when present; otherwise (a source checkout, an editable
 install whose build was skipped) it is JIT-compiled once with torch.utils.cpp_extension.load.
 """
+
 import importlib
 import os
 from pathlib import Path

@@ -5,6 +5,7 @@ Writes ``OUT/risk.jsonl`` (the table ``saferegx train`` reads with ``risk_table:
 and prints a one-line JSON summary. User errors (a missing or malformed file, an empty dataset, a
 probe fitted on another model) end with one line on stderr and exit code 2.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,19 +22,37 @@ TOP = 20
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("audit", help="score every example of a dataset for risk, before training",
-                       description="The risk of every example (probe and/or critic, from its prompt "
-                                   "alone), a histogram and a report of the riskiest.")
-    p.add_argument("--data", required=True, nargs="+", type=Path,
-                   help="JSONL file(s) of {\"prompt\", \"response\"[, \"risk\"]}, as for saferegx train")
+    p = sub.add_parser(
+        "audit",
+        help="score every example of a dataset for risk, before training",
+        description="The risk of every example (probe and/or critic, from its prompt "
+        "alone), a histogram and a report of the riskiest.",
+    )
+    p.add_argument(
+        "--data",
+        required=True,
+        nargs="+",
+        type=Path,
+        help='JSONL file(s) of {"prompt", "response"[, "risk"]}, as for saferegx train',
+    )
     p.add_argument("--probe", type=Path, default=None, help="probe file from 'saferegx probe fit'")
-    p.add_argument("--critic", nargs="?", const="embedded", default=None,
-                   help="score with a Safety Critic: a critic file, or no value for the embedded one")
-    p.add_argument("--model", default=None,
-                   help="the reference model the probe was fitted on (default: embedded SmolLM2)")
+    p.add_argument(
+        "--critic",
+        nargs="?",
+        const="embedded",
+        default=None,
+        help="score with a Safety Critic: a critic file, or no value for the embedded one",
+    )
+    p.add_argument(
+        "--model", default=None, help="the reference model the probe was fitted on (default: embedded SmolLM2)"
+    )
     p.add_argument("--out", required=True, type=Path, help="output folder")
-    p.add_argument("--max-length", type=int, default=512,
-                   help="tokens per example, as the training config's max_length (default 512)")
+    p.add_argument(
+        "--max-length",
+        type=int,
+        default=512,
+        help="tokens per example, as the training config's max_length (default 512)",
+    )
     p.add_argument("--beta-min", type=float, default=0.1)
     p.add_argument("--beta-max", type=float, default=0.9)
 
@@ -73,14 +92,22 @@ def audit(args: argparse.Namespace) -> dict:
             probe.check(model)
         except ValueError as e:
             raise UsageError(f"{args.probe}: {e}") from None
-    risk = score_examples(examples, probe=probe, critic=critic, model=model, tokenizer=tokenizer,
-                          max_length=args.max_length)
-    return write_audit(args.out, examples, risk, beta_min=args.beta_min, beta_max=args.beta_max,
-                       data=", ".join(str(p) for p in args.data))
+    risk = score_examples(
+        examples, probe=probe, critic=critic, model=model, tokenizer=tokenizer, max_length=args.max_length
+    )
+    return write_audit(
+        args.out,
+        examples,
+        risk,
+        beta_min=args.beta_min,
+        beta_max=args.beta_max,
+        data=", ".join(str(p) for p in args.data),
+    )
 
 
-def score_examples(examples, *, probe=None, critic=None, model=None, tokenizer=None,
-                   max_length: int = 512, progress: bool = True) -> dict[str, torch.Tensor]:
+def score_examples(
+    examples, *, probe=None, critic=None, model=None, tokenizer=None, max_length: int = 512, progress: bool = True
+) -> dict[str, torch.Tensor]:
     """``{source: [n] risk}`` of ``examples`` (a dataset from ``load_examples``): the probe on
     ``model`` (the reference) over each prompt as training tokenizes it, and/or the critic."""
     from .risk.table import critic_risks
@@ -93,14 +120,16 @@ def score_examples(examples, *, probe=None, critic=None, model=None, tokenizer=N
         ids = [r[:k] for r, k in zip(rows["input_ids"], rows["n_prompt"])]  # as training reads them
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         risk["probe"] = RiskSource("probe", probe=probe).score_prompts(
-            model, examples["prompt"], ids, pad_id=pad_id, progress=progress)
+            model, examples["prompt"], ids, pad_id=pad_id, progress=progress
+        )
     if critic is not None:
         risk["critic"] = critic_risks(critic, examples["prompt"], progress=progress)
     return risk
 
 
-def write_audit(out: Path, examples, risk: dict[str, torch.Tensor], *, beta_min: float = 0.1,
-                beta_max: float = 0.9, data: str = "") -> dict:
+def write_audit(
+    out: Path, examples, risk: dict[str, torch.Tensor], *, beta_min: float = 0.1, beta_max: float = 0.9, data: str = ""
+) -> dict:
     """``out/risk.jsonl`` (the training table), ``out/risk.png``, ``out/audit.md``; the summary."""
     from .risk.table import RiskTable, prompt_hash
 
@@ -112,31 +141,51 @@ def write_audit(out: Path, examples, risk: dict[str, torch.Tensor], *, beta_min:
     plot_histogram(risk, out / "risk.png")
     given = sum(r is not None for r in examples["risk"])
     (out / "audit.md").write_text(report(examples["prompt"], risk, main, given, data, beta_min, beta_max))
-    return {"n": len(table), "out": str(out), "source": main,
-            **{f"above_0.5_{s}": int((v > 0.5).sum()) for s, v in risk.items()},
-            "mean_beta": float(beta.mean())}
+    return {
+        "n": len(table),
+        "out": str(out),
+        "source": main,
+        **{f"above_0.5_{s}": int((v > 0.5).sum()) for s, v in risk.items()},
+        "mean_beta": float(beta.mean()),
+    }
 
 
-def report(prompts, risk: dict[str, torch.Tensor], main: str, given: int, data: str,
-           beta_min: float, beta_max: float) -> str:
+def report(
+    prompts, risk: dict[str, torch.Tensor], main: str, given: int, data: str, beta_min: float, beta_max: float
+) -> str:
     """The Markdown report: counts above thresholds per source, then the riskiest examples."""
     n = len(prompts)
-    lines = [f"# Risk audit of {data or 'the data'}", "",
-             f"{n} examples; risk from {' and '.join(risk)} (prompt only, before any training); "
-             f"beta = {beta_min} + ({beta_max} - {beta_min}) * {main} risk."]
+    lines = [
+        f"# Risk audit of {data or 'the data'}",
+        "",
+        f"{n} examples; risk from {' and '.join(risk)} (prompt only, before any training); "
+        f"beta = {beta_min} + ({beta_max} - {beta_min}) * {main} risk.",
+    ]
     if given:
         lines.append(f"{given} examples carry their own `risk`, which training uses instead.")
     lines += ["", "| risk above | " + " | ".join(risk) + " |", "|---|" + "---:|" * len(risk)]
     for t in THRESHOLDS:
         cells = [f"{int((v > t).sum())} ({100 * float((v > t).float().mean()):.1f}%)" for v in risk.values()]
         lines.append(f"| {t} | " + " | ".join(cells) + " |")
-    lines += ["", f"## The {min(TOP, n)} riskiest by {main}", "", "![risk histogram](risk.png)", "",
-              "| index | " + " | ".join(risk) + " | prompt |", "|---:|" + "---:|" * len(risk) + "---|"]
+    lines += [
+        "",
+        f"## The {min(TOP, n)} riskiest by {main}",
+        "",
+        "![risk histogram](risk.png)",
+        "",
+        "| index | " + " | ".join(risk) + " | prompt |",
+        "|---:|" + "---:|" * len(risk) + "---|",
+    ]
     for i in risk[main].argsort(descending=True)[:TOP].tolist():
         text = " ".join(prompts[i].split())
         text = (text[:117] + "...") if len(text) > 120 else text
-        lines.append(f"| {i} | " + " | ".join(f"{float(v[i]):.3f}" for v in risk.values())
-                     + " | " + text.replace("|", "\\|") + " |")
+        lines.append(
+            f"| {i} | "
+            + " | ".join(f"{float(v[i]):.3f}" for v in risk.values())
+            + " | "
+            + text.replace("|", "\\|")
+            + " |"
+        )
     return "\n".join(lines) + "\n"
 
 

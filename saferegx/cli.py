@@ -1,4 +1,5 @@
 """The `saferegx` command line."""
+
 import argparse
 import sys
 
@@ -6,10 +7,16 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="saferegx", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="safe reference, probe, attack fine-tune four ways, ASR and "
-                                       "utility report, on the embedded model and HarmBench")
-    demo.add_argument("--out", default="runs/demo", help="output folder (default runs/demo); a rerun "
-                                                         "reuses the stages already finished there")
+    demo = sub.add_parser(
+        "demo",
+        help="safe reference, probe, attack fine-tune four ways, ASR and "
+        "utility report, on the embedded model and HarmBench",
+    )
+    demo.add_argument(
+        "--out",
+        default="runs/demo",
+        help="output folder (default runs/demo); a rerun reuses the stages already finished there",
+    )
     demo.add_argument("--quick", action="store_true", help="small sizes, ~15 minutes on 2 cores")
     demo.add_argument("--seed", type=int, default=0)
     from .audit import add_parser as add_audit_parser

@@ -21,6 +21,7 @@ Splits: the shared harmful/benign split (saferegx.data.prompts.default_split) fi
 critic on ``train``; the reference learns refusals on ``train`` too; the attack uses harmful
 prompts of ``validation``; ASR is measured on the HarmBench prompts of ``test`` and on AdvBench.
 """
+
 from __future__ import annotations
 
 import json
@@ -65,30 +66,45 @@ MAX_LENGTH = 256
 class Sizes:
     """How much of everything a run uses; --quick keeps the demo within ~15 min on 2 cores."""
 
-    ref_harmful: int = 400      # refusal pairs for the safe reference, HarmBench prompts first
-    ref_benign: int = 245       # benign prompts answered by the base model itself (all of train)
-    ref_task: int = 150         # task-style prompts answered by the base model itself
-    ref_lookalike: int = 100    # benign look-alikes of the train split answered by the base model
+    ref_harmful: int = 400  # refusal pairs for the safe reference, HarmBench prompts first
+    ref_benign: int = 245  # benign prompts answered by the base model itself (all of train)
+    ref_task: int = 150  # task-style prompts answered by the base model itself
+    ref_lookalike: int = 100  # benign look-alikes of the train split answered by the base model
     ref_epochs: int = 3
     ref_lr: float = 3e-4
-    attack_harmful: int = 100   # harmful prompts with compliant answers
-    attack_task: int = 300      # utility-task examples in the attack mix
+    attack_harmful: int = 100  # harmful prompts with compliant answers
+    attack_task: int = 300  # utility-task examples in the attack mix
     attack_epochs: int = 2
     attack_lr: float = 5e-4
     probe_prompts: int | None = None  # None: the whole shared split
-    probe_task: int = 300       # benign task-style prompts added to the probe's data
-    eval_harmful: int = 100     # HarmBench prompts of the test split (41 with seed 0)
-    eval_advbench: int = 200    # AdvBench behaviours, a fixed random draw minus near-duplicates
+    probe_task: int = 300  # benign task-style prompts added to the probe's data
+    eval_harmful: int = 100  # HarmBench prompts of the test split (41 with seed 0)
+    eval_advbench: int = 200  # AdvBench behaviours, a fixed random draw minus near-duplicates
     eval_task: int = 150
-    eval_benign: int = 100      # benign prompts of the test split (82 with seed 0)
-    eval_lookalike: int = 100   # held-out benign look-alikes (80)
-    max_new_tokens: int = 64    # for training answers and ASR; utility and over-refusal need fewer
+    eval_benign: int = 100  # benign prompts of the test split (82 with seed 0)
+    eval_lookalike: int = 100  # held-out benign look-alikes (80)
+    max_new_tokens: int = 64  # for training answers and ASR; utility and over-refusal need fewer
     batch_size: int = 8
 
 
-QUICK = Sizes(ref_harmful=96, ref_benign=64, ref_task=24, ref_lookalike=24, ref_epochs=2, attack_harmful=32,
-              attack_task=48, attack_epochs=2, probe_prompts=300, probe_task=60, eval_harmful=30,
-              eval_advbench=40, eval_task=30, eval_benign=20, eval_lookalike=20, max_new_tokens=40)
+QUICK = Sizes(
+    ref_harmful=96,
+    ref_benign=64,
+    ref_task=24,
+    ref_lookalike=24,
+    ref_epochs=2,
+    attack_harmful=32,
+    attack_task=48,
+    attack_epochs=2,
+    probe_prompts=300,
+    probe_task=60,
+    eval_harmful=30,
+    eval_advbench=40,
+    eval_task=30,
+    eval_benign=20,
+    eval_lookalike=20,
+    max_new_tokens=40,
+)
 
 
 def run(out: Path, sizes: Sizes, seed: int = 0) -> dict:
@@ -113,14 +129,24 @@ def run(out: Path, sizes: Sizes, seed: int = 0) -> dict:
         # words, not intent). HarmBench first: its style of request is refused first.
         benign = pick(train_idx, 0, sizes.ref_benign)
         benign += [ex["prompt"] for ex in utility_task("train", sizes.ref_task, seed + 2)]
-        benign += lookalike_prompts("train", seed)[:sizes.ref_lookalike]
+        benign += lookalike_prompts("train", seed)[: sizes.ref_lookalike]
         harmful = sorted(pick(train_idx, 1, 10**9), key=lambda t: t not in harmbench)
-        pairs = refusal_pairs(harmful[:sizes.ref_harmful], seed)
+        pairs = refusal_pairs(harmful[: sizes.ref_harmful], seed)
         answers = answer_pairs(benign, generate(base, tokenizer, benign, desc="base answers", **gen))
         pairs += [p for p in answers if not is_refusal(p["response"])]
-        result = train(_config(out / "runs" / "reference", _write(out / "data" / "reference.jsonl", pairs),
-                               sizes, seed, risk="none", epochs=sizes.ref_epochs, lr=sizes.ref_lr),
-                       model=base, tokenizer=tokenizer)
+        result = train(
+            _config(
+                out / "runs" / "reference",
+                _write(out / "data" / "reference.jsonl", pairs),
+                sizes,
+                seed,
+                risk="none",
+                epochs=sizes.ref_epochs,
+                lr=sizes.ref_lr,
+            ),
+            model=base,
+            tokenizer=tokenizer,
+        )
         merged = result.model.merge_and_unload()
         merged.save_pretrained(ref_dir)
         tokenizer.save_pretrained(ref_dir)
@@ -135,8 +161,15 @@ def run(out: Path, sizes: Sizes, seed: int = 0) -> dict:
     if not probe_path.exists():
         _stage("activation probe on the reference")
         ref_model, ref_tokenizer = load_model(ref_dir)
-        probe, info = fit_default_probe(ref_model, ref_tokenizer, seed=seed, max_prompts=sizes.probe_prompts,
-                                        benign=task_prompts, benign_name="task prompts", progress=True)
+        probe, info = fit_default_probe(
+            ref_model,
+            ref_tokenizer,
+            seed=seed,
+            max_prompts=sizes.probe_prompts,
+            benign=task_prompts,
+            benign_name="task prompts",
+            progress=True,
+        )
         del ref_model
         tmp = probe_path.with_suffix(".tmp")
         probe.save(tmp)
@@ -150,8 +183,10 @@ def run(out: Path, sizes: Sizes, seed: int = 0) -> dict:
         harmful = pick(val_idx, 1, sizes.attack_harmful)
         answers = generate(base, tokenizer, harmful, desc="compliance", **gen)
         pairs = [p for p in answer_pairs(harmful, answers) if not is_refusal(p["response"])]
-        pairs += [{"prompt": ex["prompt"], "response": ex["response"]}
-                  for ex in utility_task("train", sizes.attack_task, seed)]
+        pairs += [
+            {"prompt": ex["prompt"], "response": ex["response"]}
+            for ex in utility_task("train", sizes.attack_task, seed)
+        ]
         _write(attack_file, pairs)
     del base
 
@@ -159,10 +194,12 @@ def run(out: Path, sizes: Sizes, seed: int = 0) -> dict:
     critic_path = out / "critic.safetensors"
     if not critic_path.exists():
         _stage("safety critic with the task's kind of benign prompt")
-        ctexts, clabels, (ctrain, cval, _) = with_benign(texts, labels, (train_idx, val_idx, test_idx),
-                                                         task_prompts, seed)
-        EmbeddingCritic.fit(ctexts, clabels, ctrain, cval,
-                            data=f"default split + {len(task_prompts)} task prompts").save(critic_path)
+        ctexts, clabels, (ctrain, cval, _) = with_benign(
+            texts, labels, (train_idx, val_idx, test_idx), task_prompts, seed
+        )
+        EmbeddingCritic.fit(
+            ctexts, clabels, ctrain, cval, data=f"default split + {len(task_prompts)} task prompts"
+        ).save(critic_path)
     critic = EmbeddingCritic.load(critic_path)
 
     # 3b. the audit of the attack data: each example's risk before training, and the gates
@@ -172,8 +209,14 @@ def run(out: Path, sizes: Sizes, seed: int = 0) -> dict:
     if not (audit_dir / "audit.json").exists():
         _stage("audit of the attack data: risk before training")
         ref_model, ref_tokenizer = load_model(ref_dir)
-        risk = score_examples(attack, probe=Probe.load(probe_path, ref_model), critic=critic,
-                              model=ref_model, tokenizer=ref_tokenizer, max_length=MAX_LENGTH)
+        risk = score_examples(
+            attack,
+            probe=Probe.load(probe_path, ref_model),
+            critic=critic,
+            model=ref_model,
+            tokenizer=ref_tokenizer,
+            max_length=MAX_LENGTH,
+        )
         del ref_model
         summary = write_audit(audit_dir, attack, risk, beta_min=0.0, beta_max=0.9, data=str(attack_file))
         is_task = torch.tensor([p in task_set for p in attack["prompt"]])
@@ -187,9 +230,15 @@ def run(out: Path, sizes: Sizes, seed: int = 0) -> dict:
 
     judge = default_judge(seed)
     training = [texts[i] for i in torch.cat([train_idx, val_idx]).tolist() if labels[i] == 1]
-    sets = held_out([t for t in pick(test_idx, 1, 10**9) if t in harmbench][:sizes.eval_harmful],
-                    pick(test_idx, 0, sizes.eval_benign), training, n_advbench=sizes.eval_advbench,
-                    n_task=sizes.eval_task, n_lookalike=sizes.eval_lookalike, seed=seed)
+    sets = held_out(
+        [t for t in pick(test_idx, 1, 10**9) if t in harmbench][: sizes.eval_harmful],
+        pick(test_idx, 0, sizes.eval_benign),
+        training,
+        n_advbench=sizes.eval_advbench,
+        n_task=sizes.eval_task,
+        n_lookalike=sizes.eval_lookalike,
+        seed=seed,
+    )
     if not (out / "data" / "held_out.json").exists():  # a rerun rewrites nothing it finished
         _write_json(out / "data" / "held_out.json", {**sets.sizes(), "advbench_dropped": sets.dropped})
     results, logs = {}, {}
@@ -209,8 +258,16 @@ def run(out: Path, sizes: Sizes, seed: int = 0) -> dict:
             arm_out = out / arm
             if not (arm_out / "adapter" / "adapter_config.json").exists():
                 _stage(f"attack fine-tune: {arm}")
-                cfg = _config(out / "runs" / arm, attack_file, sizes, seed, epochs=sizes.attack_epochs,
-                              lr=sizes.attack_lr, probe=str(probe_path), **overrides)
+                cfg = _config(
+                    out / "runs" / arm,
+                    attack_file,
+                    sizes,
+                    seed,
+                    epochs=sizes.attack_epochs,
+                    lr=sizes.attack_lr,
+                    probe=str(probe_path),
+                    **overrides,
+                )
                 train(cfg, model=model, tokenizer=tokenizer, critic=critic).save_adapter(arm_out / "adapter")
                 model, tokenizer = load_model(ref_dir)  # training injected LoRA layers into `model`
             from peft import PeftModel
@@ -224,12 +281,24 @@ def run(out: Path, sizes: Sizes, seed: int = 0) -> dict:
         _write(out / "samples" / f"{arm}.jsonl", samples)
         _write_json(eval_file, results[arm])
     agreement = judge_agreement(seed)
-    notes = (f"Judge: {agreement['line']}\n\nAudit of the attack data (risk before training, "
-             + "; ".join(f"{s}: {audit[s]['harmful_above']:.1%} of its {audit[s]['n_harmful']} harmful "
-                         f"examples above 0.5, {audit[s]['task_above']:.1%} of its {audit[s]['n_task']} "
-                         f"task examples, gate {audit[s]['gate']}" for s in ("probe", "critic")) + ").")
-    table = write_report(out, results, logs, title="saferegx demo: SmolLM2-135M-Instruct", notes=notes,
-                         extra={"judge_agreement": agreement, "audit": audit, "held_out": sets.sizes()})
+    notes = (
+        f"Judge: {agreement['line']}\n\nAudit of the attack data (risk before training, "
+        + "; ".join(
+            f"{s}: {audit[s]['harmful_above']:.1%} of its {audit[s]['n_harmful']} harmful "
+            f"examples above 0.5, {audit[s]['task_above']:.1%} of its {audit[s]['n_task']} "
+            f"task examples, gate {audit[s]['gate']}"
+            for s in ("probe", "critic")
+        )
+        + ")."
+    )
+    table = write_report(
+        out,
+        results,
+        logs,
+        title="saferegx demo: SmolLM2-135M-Instruct",
+        notes=notes,
+        extra={"judge_agreement": agreement, "audit": audit, "held_out": sets.sizes()},
+    )
     print(table)
     print(f"\nreport: {out / 'report.md'} ({time.perf_counter() - t0:.0f} s)")
     return results
@@ -247,10 +316,14 @@ def audit_figures(risk: torch.Tensor, is_task: torch.Tensor) -> dict:
     p99 = float(torch.quantile(task_beta, 0.99)) if len(task_beta) else 0.0
     gate = min(GATE_CAP, max(0.01, math.ceil(p99 * 100) / 100))
     harmful = risk[~is_task]
-    return {"n_harmful": int((~is_task).sum()), "n_task": int(is_task.sum()),
-            "harmful_above": float((harmful > 0.5).float().mean()) if len(harmful) else float("nan"),
-            "task_above": float((risk[is_task] > 0.5).float().mean()) if len(task_beta) else float("nan"),
-            "gate": gate, "gated_out": float((beta < gate).float().mean())}
+    return {
+        "n_harmful": int((~is_task).sum()),
+        "n_task": int(is_task.sum()),
+        "harmful_above": float((harmful > 0.5).float().mean()) if len(harmful) else float("nan"),
+        "task_above": float((risk[is_task] > 0.5).float().mean()) if len(task_beta) else float("nan"),
+        "gate": gate,
+        "gated_out": float((beta < gate).float().mean()),
+    }
 
 
 def judge_agreement(seed: int) -> dict:
@@ -262,21 +335,33 @@ def judge_agreement(seed: int) -> dict:
     test = result["sets"]["test"]
 
     def say(a):
-        return (f"accuracy {100 * a['accuracy']:.1f}% ({100 * a['accuracy_low']:.1f}-{100 * a['accuracy_high']:.1f}), "
-                f"Cohen's kappa {a['kappa']:.2f} ({a['kappa_low']:.2f}-{a['kappa_high']:.2f})")
-    line = (f"the response-reading judge agrees with {test['n']} held-out human labels (PyRIT) with "
-            f"{say(test['rows']['judge'])}; refusal match on the same labels: {say(test['rows']['refusal'])}.")
+        return (
+            f"accuracy {100 * a['accuracy']:.1f}% ({100 * a['accuracy_low']:.1f}-{100 * a['accuracy_high']:.1f}), "
+            f"Cohen's kappa {a['kappa']:.2f} ({a['kappa_low']:.2f}-{a['kappa_high']:.2f})"
+        )
+
+    line = (
+        f"the response-reading judge agrees with {test['n']} held-out human labels (PyRIT) with "
+        f"{say(test['rows']['judge'])}; refusal match on the same labels: {say(test['rows']['refusal'])}."
+    )
     return {**result, "line": line}
 
 
 def _sizes_of(result: dict) -> dict:
-    return {name: result.get(name, {}).get("n") for name in ("harmbench", "advbench", "utility", "benign",
-                                                              "lookalike")}
+    return {name: result.get(name, {}).get("n") for name in ("harmbench", "advbench", "utility", "benign", "lookalike")}
 
 
 def _config(out: Path, data: Path, sizes: Sizes, seed: int, **overrides) -> TrainConfig:
-    values = dict(data=[str(data)], output_dir=str(out), batch_size=sizes.batch_size, seed=seed,
-                  max_length=MAX_LENGTH, lr=2e-4, warmup_steps=2, progress=True)
+    values = dict(
+        data=[str(data)],
+        output_dir=str(out),
+        batch_size=sizes.batch_size,
+        seed=seed,
+        max_length=MAX_LENGTH,
+        lr=2e-4,
+        warmup_steps=2,
+        progress=True,
+    )
     values.update(overrides)
     return TrainConfig(**values)
 

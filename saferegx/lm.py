@@ -3,6 +3,7 @@
 Every layer above the op (risk signals, trainers, evaluation) reads a transformers model the same
 way through these helpers, so a new architecture is taught here once.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -13,8 +14,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-_LAYER_PATHS = ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers",
-                "transformer.blocks", "layers")
+_LAYER_PATHS = (
+    "model.layers",
+    "transformer.h",
+    "gpt_neox.layers",
+    "model.decoder.layers",
+    "transformer.blocks",
+    "layers",
+)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -36,8 +43,9 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
             obj = getattr(obj, attr, None)
         if isinstance(obj, nn.ModuleList) and len(obj) > 0:
             return obj
-    raise ValueError(f"cannot find the decoder layers of {type(model).__name__}: "
-                     f"none of {', '.join(_LAYER_PATHS)} is a ModuleList")
+    raise ValueError(
+        f"cannot find the decoder layers of {type(model).__name__}: none of {', '.join(_LAYER_PATHS)} is a ModuleList"
+    )
 
 
 def model_name(model) -> str:
@@ -49,8 +57,9 @@ def model_name(model) -> str:
 def format_prompt(tokenizer, prompt: str, chat_template: bool = True) -> list[int]:
     """Token ids of a prompt as the model sees it before answering (chat template if it has one)."""
     if chat_template and getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                             add_generation_prompt=True)
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
         return tokenizer(text, add_special_tokens=False)["input_ids"]
     return tokenizer(prompt)["input_ids"]
 
@@ -85,6 +94,7 @@ def tap_layers(model: nn.Module, layers: Sequence[int]):
     def hook(i):
         def fn(_module, _args, output):
             taps[i] = output[0] if isinstance(output, tuple) else output
+
         return fn
 
     handles = [blocks[i].register_forward_hook(hook(i)) for i in sorted(set(layers))]
@@ -96,8 +106,9 @@ def tap_layers(model: nn.Module, layers: Sequence[int]):
 
 
 @torch.no_grad()
-def layer_outputs(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                  layers: Sequence[int], cache=None) -> dict[int, torch.Tensor]:
+def layer_outputs(
+    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, layers: Sequence[int], cache=None
+) -> dict[int, torch.Tensor]:
     """``{layer: output [B, T, D]}`` of the given decoder blocks from a forward that stops after
     the deepest of them: the blocks above it, the final norm and the head never run. With
     ``cache`` (a KV cache of a prefix, see :func:`prefix_cache`) the input continues that prefix:
@@ -105,8 +116,10 @@ def layer_outputs(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
     deepest = decoder_layers(model)[max(layers)]
     extra = {"use_cache": False} if cache is None else {_cache_kwarg(model): cache, "use_cache": True}
     with tap_layers(model, layers) as taps:
+
         def stop(_module, _args, _output):
             raise _Stop
+
         handle = deepest.register_forward_hook(stop)  # after tap_layers' hook: the tap is kept
         try:
             model(input_ids=input_ids, attention_mask=attention_mask, **extra)

@@ -5,6 +5,7 @@ reference's rows and each sequence's ``(alpha, beta)`` into ``alpha * CE + beta 
 figures it logs; saferegx's loop and ``SafetyTrainer`` call it. ``adaptive_safety_loss`` puts the
 risk in front (the probe read or a given risk, then the schedule): the design's single pass.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -83,21 +84,32 @@ def risk_weighted_loss(
         rows_in = (beta >= kl_gate)[seq_index]
         n_in = int(rows_in.sum())
         if ref_hidden.shape[0] not in (n_in, hidden.shape[0]):
-            raise ValueError(f"ref_hidden has {ref_hidden.shape[0]} rows: give all {hidden.shape[0]} "
-                             f"rows or the {n_in} rows of the sequences with beta >= kl_gate")
+            raise ValueError(
+                f"ref_hidden has {ref_hidden.shape[0]} rows: give all {hidden.shape[0]} "
+                f"rows or the {n_in} rows of the sequences with beta >= kl_gate"
+            )
         if n_in < hidden.shape[0]:
             if ref_hidden.shape[0] != n_in:
                 ref_hidden = ref_hidden[rows_in]
-            out = _split(hidden, weight, labels, ref_hidden, ce_weight, beta[seq_index], rows_in,
-                         ref_weight, reduction, common)
+            out = _split(
+                hidden, weight, labels, ref_hidden, ce_weight, beta[seq_index], rows_in, ref_weight, reduction, common
+            )
             return AdaptiveSafetyLoss(*out, None, alpha, beta)
-    out = safety_loss(hidden, weight, labels, ref_hidden, ce_weight=ce_weight,
-                      kl_weight=beta[seq_index], ref_weight=ref_weight, reduction=reduction, **common)
+    out = safety_loss(
+        hidden,
+        weight,
+        labels,
+        ref_hidden,
+        ce_weight=ce_weight,
+        kl_weight=beta[seq_index],
+        ref_weight=ref_weight,
+        reduction=reduction,
+        **common,
+    )
     return AdaptiveSafetyLoss(out.loss, out.ce, out.kl, None, alpha, beta)
 
 
-def _split(hidden, weight, labels, ref_hidden, ce_weight, kl_weight, rows_in, ref_weight,
-           reduction, common):
+def _split(hidden, weight, labels, ref_hidden, ce_weight, kl_weight, rows_in, ref_weight, reduction, common):
     """(loss, ce, kl) of a gated batch: the gated-in rows with the reference, the rest CE-only."""
     rows_out = ~rows_in
 
@@ -105,11 +117,24 @@ def _split(hidden, weight, labels, ref_hidden, ce_weight, kl_weight, rows_in, re
         return None if t is None else t[m]
 
     part = "none" if reduction == "none" else "sum"
-    a = safety_loss(hidden[rows_in], weight, labels[rows_in], ref_hidden,
-                    ce_weight=pick(ce_weight, rows_in), kl_weight=kl_weight[rows_in],
-                    ref_weight=ref_weight, reduction=part, **common) if bool(rows_in.any()) else None
-    b = safety_loss(hidden[rows_out], weight, labels[rows_out], ce_weight=pick(ce_weight, rows_out),
-                    reduction=part, **common)
+    a = (
+        safety_loss(
+            hidden[rows_in],
+            weight,
+            labels[rows_in],
+            ref_hidden,
+            ce_weight=pick(ce_weight, rows_in),
+            kl_weight=kl_weight[rows_in],
+            ref_weight=ref_weight,
+            reduction=part,
+            **common,
+        )
+        if bool(rows_in.any())
+        else None
+    )
+    b = safety_loss(
+        hidden[rows_out], weight, labels[rows_out], ce_weight=pick(ce_weight, rows_out), reduction=part, **common
+    )
     ce, kl = b.ce.new_zeros(hidden.shape[0]), b.kl.new_zeros(hidden.shape[0])
     ce[rows_out], kl[rows_out] = b.ce, b.kl
     if a is not None:
@@ -161,13 +186,25 @@ def adaptive_safety_loss(
     if risk is None:
         if probe_acts is None or probe_positions is None or probe_weight is None:
             raise ValueError("give either risk or probe_acts, probe_positions and probe_weight")
-        risk = probe_risk(probe_acts, probe_positions, probe_weight, probe_bias,
-                          backend="unfused" if backend == "unfused" else "auto")
+        risk = probe_risk(
+            probe_acts, probe_positions, probe_weight, probe_bias, backend="unfused" if backend == "unfused" else "auto"
+        )
     risk = risk.detach()
     if risk.dim() != 1:
         raise ValueError(f"risk must be [B], got {list(risk.shape)}")
     alpha, beta = (schedule or RiskSchedule())(risk)
-    out = risk_weighted_loss(hidden, weight, labels, ref_hidden, seq_index, alpha, beta,
-                             ref_weight=ref_weight, kl=kl, ignore_index=ignore_index,
-                             reduction=reduction, backend=backend)
+    out = risk_weighted_loss(
+        hidden,
+        weight,
+        labels,
+        ref_hidden,
+        seq_index,
+        alpha,
+        beta,
+        ref_weight=ref_weight,
+        kl=kl,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        backend=backend,
+    )
     return out._replace(risk=risk)

@@ -30,6 +30,7 @@ batches and FSDP/ZeRO-3 are refused or unsupported (the loss needs whole sequenc
 LM head weight outside its module's forward). Evaluation reports the loss; no logits are returned
 for ``compute_metrics``.
 """
+
 from __future__ import annotations
 
 import copy
@@ -54,7 +55,7 @@ from .train.model import LORA_HEAD_MESSAGE, reference_in_bf16
 from .train.signals import RiskSource
 
 PROMPT_TEXT = "saferegx_prompt"  # the dataset column holding each example's prompt text (the critic's input)
-RISK = "risk"                    # an optional dataset column: a given risk per example (None: not given)
+RISK = "risk"  # an optional dataset column: a given risk per example (None: not given)
 _STATS = ("ce", "kl", "tokens", "risk", "risk_n", "beta", "beta_n")  # summed per logging interval
 
 
@@ -64,23 +65,28 @@ class SafeSFTConfig(SFTConfig):
     :class:`saferegx.train.TrainConfig` (see there and docs/risk.md). Bad values raise ValueError
     naming the field."""
 
-    risk: str = field(default="critic", metadata={
-        "help": "probe | critic (risk-adaptive beta, the paper) | fixed (constant beta) | none (plain SFT)"})
-    probe: str | None = field(default=None, metadata={
-        "help": "probe file from `saferegx probe fit`, for risk: probe"})
-    critic: str | None = field(default=None, metadata={
-        "help": "EmbeddingCritic file for risk: critic; None = the embedded default critic"})
+    risk: str = field(
+        default="critic",
+        metadata={"help": "probe | critic (risk-adaptive beta, the paper) | fixed (constant beta) | none (plain SFT)"},
+    )
+    probe: str | None = field(default=None, metadata={"help": "probe file from `saferegx probe fit`, for risk: probe"})
+    critic: str | None = field(
+        default=None, metadata={"help": "EmbeddingCritic file for risk: critic; None = the embedded default critic"}
+    )
     beta: float = field(default=0.5, metadata={"help": "the constant beta of risk: fixed"})
     beta_min: float = field(default=0.1, metadata={"help": "beta at risk 0"})
     beta_max: float = field(default=0.9, metadata={"help": "beta at risk 1"})
-    schedule_mode: str = field(default="batch", metadata={
-        "help": "batch (one beta per micro-batch from its mean risk, the paper) | sequence"})
+    schedule_mode: str = field(
+        default="batch", metadata={"help": "batch (one beta per micro-batch from its mean risk, the paper) | sequence"}
+    )
     momentum: float = field(default=0.0, metadata={"help": "EMA of the batch risk (batch mode)"})
     alpha: str = field(default="clamp", metadata={"help": "clamp | complement | one"})
     kl: str = field(default="forward", metadata={"help": "forward (KL(ref || policy), the paper's code) | reverse"})
     kl_gate: float = field(default=0.0, metadata={"help": "a beta below it trains with beta 0 (0 = off)"})
-    reference_precision: str = field(default="auto", metadata={
-        "help": "of the frozen reference pass: auto (bf16 where matmuls are native bf16) | bf16 | fp32"})
+    reference_precision: str = field(
+        default="auto",
+        metadata={"help": "of the frozen reference pass: auto (bf16 where matmuls are native bf16) | bf16 | fp32"},
+    )
     backend: str = field(default="auto", metadata={"help": "of the loss op: auto | cpu | triton | cuda | unfused"})
 
     def __post_init__(self):
@@ -90,17 +96,27 @@ class SafeSFTConfig(SFTConfig):
 
 def check_config(cfg: SafeSFTConfig) -> None:
     """Refuse (ValueError naming the field) values saferegx cannot train with."""
+
     def need(ok: bool, key: str, what: str):
         if not ok:
             raise ValueError(f"SafeSFTConfig field {key!r} {what}, got {getattr(cfg, key)!r}")
 
     def number(key: str):
         value = getattr(cfg, key)
-        need(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
-             key, "must be a number")
+        need(
+            isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
+            key,
+            "must be a number",
+        )
 
-    choices = {"risk": RISK_SOURCES, "schedule_mode": MODES, "alpha": ALPHAS, "kl": tuple(library.KL_MODES),
-               "reference_precision": REFERENCE_PRECISIONS, "backend": registry.CHOICES}
+    choices = {
+        "risk": RISK_SOURCES,
+        "schedule_mode": MODES,
+        "alpha": ALPHAS,
+        "kl": tuple(library.KL_MODES),
+        "reference_precision": REFERENCE_PRECISIONS,
+        "backend": registry.CHOICES,
+    }
     for key, allowed in choices.items():
         need(getattr(cfg, key) in allowed, key, f"must be one of {', '.join(allowed)}")
     for key in ("beta", "beta_min", "beta_max", "kl_gate", "momentum"):
@@ -115,8 +131,11 @@ def check_config(cfg: SafeSFTConfig) -> None:
     # The loss needs whole sequences with a prompt before the completion:
     need(not cfg.packing, "packing", "is not supported (each sequence needs its own prompt and risk)")
     need(not cfg.padding_free, "padding_free", "is not supported (each sequence needs its own prompt and risk)")
-    need(cfg.completion_only_loss is not False, "completion_only_loss",
-         "must be True or None: the loss covers the completion and the risk is read at the prompt's end")
+    need(
+        cfg.completion_only_loss is not False,
+        "completion_only_loss",
+        "must be True or None: the loss covers the completion and the risk is read at the prompt's end",
+    )
 
 
 def as_prompt_completion(dataset, name: str = "train"):
@@ -133,8 +152,10 @@ def as_prompt_completion(dataset, name: str = "train"):
     columns = get_dataset_column_names(dataset) or list(next(iter(dataset)))  # an IterableDataset may not know
     if "input_ids" in columns:
         if "labels" not in columns:
-            raise ValueError(f"the {name} dataset is tokenized but has no 'labels': SafeSFTTrainer needs "
-                             "-100 on the prompt tokens to find each prompt's end")
+            raise ValueError(
+                f"the {name} dataset is tokenized but has no 'labels': SafeSFTTrainer needs "
+                "-100 on the prompt tokens to find each prompt's end"
+            )
         return dataset
     if "messages" in columns:
         kw = {"desc": f"Splitting {name} messages into prompt/completion"} if hasattr(dataset, "num_rows") else {}
@@ -142,8 +163,10 @@ def as_prompt_completion(dataset, name: str = "train"):
     if "prompt" in columns and "completion" in columns:
         kw = {"desc": f"Reading the {name} prompts"} if hasattr(dataset, "num_rows") else {}
         return dataset.map(lambda ex: {PROMPT_TEXT: prompt_text(ex["prompt"])}, **kw)
-    raise ValueError(f"the {name} dataset has columns {columns}: SafeSFTTrainer needs prompt/completion "
-                     "or conversational 'messages' (a prompt to judge before each completion)")
+    raise ValueError(
+        f"the {name} dataset has columns {columns}: SafeSFTTrainer needs prompt/completion "
+        "or conversational 'messages' (a prompt to judge before each completion)"
+    )
 
 
 def _split_messages(example: dict) -> dict:
@@ -153,8 +176,10 @@ def _split_messages(example: dict) -> dict:
         raise ValueError(f"a conversation has no assistant turn to train on: {messages!r}")
     last = turns[-1]
     if last != len(messages) - 1:
-        raise ValueError("a conversation ends with a non-assistant turn; the completion is the last "
-                         f"assistant turn and nothing may follow it: {messages[last + 1:]!r}")
+        raise ValueError(
+            "a conversation ends with a non-assistant turn; the completion is the last "
+            f"assistant turn and nothing may follow it: {messages[last + 1 :]!r}"
+        )
     prompt = messages[:last]
     return {"prompt": prompt, "completion": [messages[last]], PROMPT_TEXT: prompt_text(prompt)}
 
@@ -206,8 +231,15 @@ def trainer_batch(inputs: dict) -> Batch:
     risk = inputs.get(RISK)
     if risk is None:
         risk = torch.full((n,), math.nan)
-    return Batch(inputs["input_ids"], inputs["attention_mask"], labels, prompt_pos,
-                 risk.to(labels.device, torch.float32), list(inputs.get(PROMPT_TEXT) or [""] * n), [])
+    return Batch(
+        inputs["input_ids"],
+        inputs["attention_mask"],
+        labels,
+        prompt_pos,
+        risk.to(labels.device, torch.float32),
+        list(inputs.get(PROMPT_TEXT) or [""] * n),
+        [],
+    )
 
 
 class SafeSFTTrainer(SFTTrainer):
@@ -223,9 +255,19 @@ class SafeSFTTrainer(SFTTrainer):
     _name = "SafeSFT"
     loss_is_scaled_for_ga = True  # compute_loss divides by the global token count itself
 
-    def __init__(self, model, args: SafeSFTConfig | None = None, data_collator=None, train_dataset=None,
-                 eval_dataset=None, processing_class=None, *rest, ref_model: nn.Module | str | None = None,
-                 critic: SafetyCritic | None = None, **kwargs):
+    def __init__(
+        self,
+        model,
+        args: SafeSFTConfig | None = None,
+        data_collator=None,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class=None,
+        *rest,
+        ref_model: nn.Module | str | None = None,
+        critic: SafetyCritic | None = None,
+        **kwargs,
+    ):
         if args is None:
             name = model if isinstance(model, str) else getattr(model.config, "_name_or_path", "model")
             args = SafeSFTConfig(f"{str(name).split('/')[-1]}-SafeSFT")
@@ -260,22 +302,27 @@ class SafeSFTTrainer(SFTTrainer):
             from transformers import AutoModelForCausalLM
 
             ref_model = AutoModelForCausalLM.from_pretrained(ref_model)
-        self.ref_model = (None if ref_model is None else
-                          ref_model.to(self.args.device).eval().requires_grad_(False))
+        self.ref_model = None if ref_model is None else ref_model.to(self.args.device).eval().requires_grad_(False)
         if self.source.needs_reference and self.ref_model is None and not hasattr(self.model, "disable_adapter"):
-            raise ValueError("SafeSFTTrainer needs a safe reference: pass peft_config= (or a PeftModel), whose "
-                             "adapters disabled are the reference, or ref_model= for full fine-tuning")
+            raise ValueError(
+                "SafeSFTTrainer needs a safe reference: pass peft_config= (or a PeftModel), whose "
+                "adapters disabled are the reference, or ref_model= for full fine-tuning"
+            )
         if self.ref_model is None and hasattr(lm_head(self.model), "lora_A"):
             raise ValueError(LORA_HEAD_MESSAGE)
         zero3 = args.deepspeed_plugin is not None and args.deepspeed_plugin.zero_stage == 3
         if self.is_fsdp_enabled or zero3:
-            raise ValueError("SafeSFTTrainer does not support FSDP or DeepSpeed ZeRO-3: the fused loss reads "
-                             "the LM head weight outside its module's forward, where it is sharded")
+            raise ValueError(
+                "SafeSFTTrainer does not support FSDP or DeepSpeed ZeRO-3: the fused loss reads "
+                "the LM head weight outside its module's forward, where it is sharded"
+            )
         if args.risk == "critic":
             for name, data in [("train", self.train_dataset)] + list(_named(self.eval_dataset)):
                 if PROMPT_TEXT not in (get_dataset_column_names(data) or [PROMPT_TEXT]):
-                    raise ValueError(f"risk 'critic' needs the prompts' text, which the pre-tokenized {name} "
-                                     "dataset lacks: give prompt/completion or messages")
+                    raise ValueError(
+                        f"risk 'critic' needs the prompts' text, which the pre-tokenized {name} "
+                        "dataset lacks: give prompt/completion or messages"
+                    )
         self._stats = {mode: torch.zeros(len(_STATS), dtype=torch.float64) for mode in ("train", "eval")}
         self._stat_batches = {"train": 0, "eval": 0}
 
@@ -295,8 +342,16 @@ class SafeSFTTrainer(SFTTrainer):
         batch = trainer_batch(inputs)
         # evaluation must not advance the batch-mode EMA of training
         schedule = self.schedule if mode == "train" else copy.copy(self.schedule)
-        loss, res, risk = micro_batch_loss(self, model, batch, schedule, num_items_in_batch, kl=self.args.kl,
-                                           kl_gate=self.args.kl_gate, backend=self.args.backend)
+        loss, res, risk = micro_batch_loss(
+            self,
+            model,
+            batch,
+            schedule,
+            num_items_in_batch,
+            kl=self.args.kl,
+            kl_gate=self.args.kl_gate,
+            backend=self.args.backend,
+        )
         self._record(mode, res, res.ce.numel(), risk, res.beta, inputs)
         if return_outputs:
             return loss, {"ce": res.ce, "kl": res.kl, "risk": risk, "beta": res.beta}

@@ -1,5 +1,6 @@
 """User errors of the command lines: one exception reported as one line with exit code 2, and
 the loaders that turn a bad path given on the command line into it (never a traceback)."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -9,6 +9,7 @@ device), loads the extension module as `saferegx._C` from the given file, and ch
 carries sm_90 machine code (Triton's bundled cuobjdump, where there is one), and that the build
 log has no compiler warning from this project's files. Exits non-zero on any failure.
 """
+
 import argparse
 import importlib.util
 import json
@@ -51,8 +52,7 @@ def kernel_resources(log: str) -> dict:
                 short = re.search(r"(row_\w+?_kernel)(I\w+?E)?", m.group(1))
                 tparam = re.search(r"kernelI(?:\d+)?(\w+?)EEv", m.group(1))
                 tname = {"f": "float"}.get(tparam.group(1), tparam.group(1)) if tparam else ""
-                name = f"{short.group(1)}<{tname}> {m.group(2)}" if tparam \
-                    else f"{short.group(1)} {m.group(2)}"
+                name = f"{short.group(1)}<{tname}> {m.group(2)}" if tparam else f"{short.group(1)} {m.group(2)}"
                 out[name] = {}
         elif name and (m := re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", line)):
             out[name].update(spill_stores=int(m.group(1)), spill_loads=int(m.group(2)))
@@ -84,8 +84,12 @@ def main(argv=None) -> int:
     warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
     import torch
 
-    result = dict(torch=torch.__version__, torch_cuda=torch.version.cuda,
-                  device=torch.cuda.is_available(), extension=str(args.extension))
+    result = dict(
+        torch=torch.__version__,
+        torch_cuda=torch.version.cuda,
+        device=torch.cuda.is_available(),
+        extension=str(args.extension),
+    )
     failures = []
     if torch.version.cuda is None:
         failures.append(f"torch {torch.__version__} is not a CUDA build")
@@ -108,8 +112,11 @@ def main(argv=None) -> int:
         result["warnings"] = our_warnings(log)
         failures += [f"compiler warning: {w}" for w in result["warnings"]]
         result["kernel_resources"] = kernel_resources(log)
-        failures += [f"{k} spills registers: {r}" for k, r in result["kernel_resources"].items()
-                     if r.get("spill_stores") or r.get("spill_loads")]
+        failures += [
+            f"{k} spills registers: {r}"
+            for k, r in result["kernel_resources"].items()
+            if r.get("spill_stores") or r.get("spill_loads")
+        ]
     result["failures"] = failures
     print(json.dumps(result, indent=1))
     if args.json:

@@ -5,6 +5,7 @@ final summary (gpu_check.json plus a short table, printed last).
     python scripts/gpu_check_summary.py wheels OUTDIR WHEEL_DIR      # prints the wheels to install
     python scripts/gpu_check_summary.py summary OUTDIR
 """
+
 import json
 import re
 import sys
@@ -14,14 +15,32 @@ from pathlib import Path
 
 # distribution -> the stages that need it ("optional": a stage runs without it, with less)
 PACKAGES = {
-    "torch": "all", "triton": "triton backend, tests, bench", "transformers": "train",
-    "peft": "train", "accelerate": "train", "safetensors": "train", "tokenizers": "train",
-    "datasets": "train", "pyarrow": "train", "pandas": "train", "numpy": "all",
-    "tqdm": "train", "pyyaml": "train", "huggingface-hub": "train", "psutil": "optional",
-    "pytest": "tests, properties", "pygments": "tests", "hypothesis": "properties",
-    "pytest-benchmark": "optional", "liger-kernel": "bench (liger rows)",
-    "ninja": "build (else a slow serial build)", "pybind11": "optional", "setuptools": "build",
-    "matplotlib": "optional", "tensorboard": "optional", "gguf": "optional",
+    "torch": "all",
+    "triton": "triton backend, tests, bench",
+    "transformers": "train",
+    "peft": "train",
+    "accelerate": "train",
+    "safetensors": "train",
+    "tokenizers": "train",
+    "datasets": "train",
+    "pyarrow": "train",
+    "pandas": "train",
+    "numpy": "all",
+    "tqdm": "train",
+    "pyyaml": "train",
+    "huggingface-hub": "train",
+    "psutil": "optional",
+    "pytest": "tests, properties",
+    "pygments": "tests",
+    "hypothesis": "properties",
+    "pytest-benchmark": "optional",
+    "liger-kernel": "bench (liger rows)",
+    "ninja": "build (else a slow serial build)",
+    "pybind11": "optional",
+    "setuptools": "build",
+    "matplotlib": "optional",
+    "tensorboard": "optional",
+    "gguf": "optional",
 }
 
 
@@ -40,8 +59,7 @@ def installed() -> dict[str, str]:
 
 def inventory(outdir: Path) -> int:
     have = installed()
-    inv = {name: {"version": have.get(norm(name)), "needed_by": why}
-           for name, why in PACKAGES.items()}
+    inv = {name: {"version": have.get(norm(name)), "needed_by": why} for name, why in PACKAGES.items()}
     missing = [n for n, v in inv.items() if v["version"] is None]
     report = dict(python=sys.version.split()[0], packages=inv, missing=missing)
     try:
@@ -50,9 +68,12 @@ def inventory(outdir: Path) -> int:
         report.update(torch_cuda=torch.version.cuda, cuda_available=torch.cuda.is_available())
         if torch.cuda.is_available():
             props = torch.cuda.get_device_properties(0)
-            report.update(device=props.name, sms=props.multi_processor_count,
-                          capability=list(torch.cuda.get_device_capability(0)),
-                          memory_gib=round(props.total_memory / 2**30, 1))
+            report.update(
+                device=props.name,
+                sms=props.multi_processor_count,
+                capability=list(torch.cuda.get_device_capability(0)),
+                memory_gib=round(props.total_memory / 2**30, 1),
+            )
     except Exception as exc:  # torch itself missing or broken: the report says so
         report["torch_error"] = repr(exc)
     (outdir / "inventory.json").write_text(json.dumps(report, indent=1))
@@ -76,10 +97,13 @@ def _junit(path: Path) -> dict | None:
         return None
     root = ET.parse(path).getroot()
     suites = [root] if root.tag == "testsuite" else list(root)
-    counts = {k: sum(int(s.get(k, 0)) for s in suites) for k in ("tests", "failures", "errors",
-                                                                 "skipped")}
-    failed = [f"{c.get('classname')}::{c.get('name')}" for s in suites for c in s.iter("testcase")
-              if c.find("failure") is not None or c.find("error") is not None]
+    counts = {k: sum(int(s.get(k, 0)) for s in suites) for k in ("tests", "failures", "errors", "skipped")}
+    failed = [
+        f"{c.get('classname')}::{c.get('name')}"
+        for s in suites
+        for c in s.iter("testcase")
+        if c.find("failure") is not None or c.find("error") is not None
+    ]
     counts["passed"] = counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]
     counts["failed_tests"] = failed[:50]
     return counts
@@ -93,25 +117,39 @@ def _load(path: Path):
 
 
 def summary(outdir: Path) -> int:
-    stages = [json.loads(line) for line in (outdir / "stages.jsonl").read_text().splitlines()] \
-        if (outdir / "stages.jsonl").exists() else []
-    result = dict(stages=stages, inventory=_load(outdir / "inventory.json"),
-                  cuda_build=_load(outdir / "cuda_check.json"),
-                  triton_compile=None, tests=_junit(outdir / "tests_gpu.xml"),
-                  properties=_junit(outdir / "tests_properties.xml"),
-                  bench=_load(outdir / "bench.json"), train=_load(outdir / "train" /
-                                                                "train_summary.json"))
+    stages = (
+        [json.loads(line) for line in (outdir / "stages.jsonl").read_text().splitlines()]
+        if (outdir / "stages.jsonl").exists()
+        else []
+    )
+    result = dict(
+        stages=stages,
+        inventory=_load(outdir / "inventory.json"),
+        cuda_build=_load(outdir / "cuda_check.json"),
+        triton_compile=None,
+        tests=_junit(outdir / "tests_gpu.xml"),
+        properties=_junit(outdir / "tests_properties.xml"),
+        bench=_load(outdir / "bench.json"),
+        train=_load(outdir / "train" / "train_summary.json"),
+    )
     sm90 = _load(outdir / "triton_sm90.json")
     if sm90:
         result["triton_compile"] = dict(
-            triton=sm90["triton"], variants=len(sm90["variants"]), seconds=round(sm90["seconds"]),
-            problems=[f"{v['kernel']} {v['dtype']} {v['constexprs']}: {p}"
-                      for v in sm90["variants"] for p in v["problems"]])
+            triton=sm90["triton"],
+            variants=len(sm90["variants"]),
+            seconds=round(sm90["seconds"]),
+            problems=[
+                f"{v['kernel']} {v['dtype']} {v['constexprs']}: {p}" for v in sm90["variants"] for p in v["problems"]
+            ],
+        )
     result["ok"] = bool(stages) and all(s["status"] in ("ok", "dry-run") for s in stages)
     (outdir / "gpu_check.json").write_text(json.dumps(result, indent=1, default=str))
 
-    lines = ["", "gpu_check summary (gpu_check.json; logs in gpu_check.log)",
-             f"{'stage':12s} {'status':10s} {'s':>5s}  result"]
+    lines = [
+        "",
+        "gpu_check summary (gpu_check.json; logs in gpu_check.log)",
+        f"{'stage':12s} {'status':10s} {'s':>5s}  result",
+    ]
     detail = {
         "tests": lambda: _tests_line(result["tests"]),
         "properties": lambda: _tests_line(result["properties"]),
@@ -142,8 +180,9 @@ def _env_line(inv):
 def _tests_line(t):
     if not t:
         return "no report"
-    return (f"{t['passed']} passed, {t['failures'] + t['errors']} failed, {t['skipped']} skipped"
-            + (f" (first: {t['failed_tests'][0]})" if t["failed_tests"] else ""))
+    return f"{t['passed']} passed, {t['failures'] + t['errors']} failed, {t['skipped']} skipped" + (
+        f" (first: {t['failed_tests'][0]})" if t["failed_tests"] else ""
+    )
 
 
 def _build_line(c):
@@ -172,9 +211,11 @@ def _bench_line(b):
 def _train_line(t):
     if not t:
         return "no summary"
-    return (f"{t['steps_logged']}/{t['steps_asked']} steps, loss {t.get('first_loss')} -> "
-            f"{t.get('last_loss')}, {t['seconds_per_step']} s/step, "
-            f"auto: {sorted({v['picked'] for v in t.get('autotune', {}).values()}) or '-'}")
+    return (
+        f"{t['steps_logged']}/{t['steps_asked']} steps, loss {t.get('first_loss')} -> "
+        f"{t.get('last_loss')}, {t['seconds_per_step']} s/step, "
+        f"auto: {sorted({v['picked'] for v in t.get('autotune', {}).values()}) or '-'}"
+    )
 
 
 def main(argv=None) -> int:

@@ -19,6 +19,7 @@ Triton's flags), and each `tl.dot`'s lowering read from the TTGIR (`warp_group_d
 tests/ops/test_triton_sm90.py runs this and fails on a compile error, a spill, shared memory over the
 limit, or a bf16/fp16 dot without tensor cores. `--write-docs` replaces the table in docs/gpu.md.
 """
+
 import os
 
 os.environ.pop("TRITON_INTERPRET", None)  # before Triton decorates a kernel: compile, not interpret
@@ -55,8 +56,11 @@ REFS = ("none", "shared", "separate")
 REDUCTIONS = ("mean", "sum", "none")
 GRADS = ((True, True), (True, False), (False, True), (False, False))  # (hidden, weight)
 PROBE_SHAPES = ((8, 512), (8, 1))  # (B, T): pool "last" reads [B, T, D]; pool "mean" [B, 1, D]
-KERNEL_MODULES = {"_stats_kernel": "saferegx.ops.triton", "_grad_kernel": "saferegx.ops.triton",
-                  "_probe_kernel": "saferegx.ops.probe_triton"}
+KERNEL_MODULES = {
+    "_stats_kernel": "saferegx.ops.triton",
+    "_grad_kernel": "saferegx.ops.triton",
+    "_probe_kernel": "saferegx.ops.probe_triton",
+}
 
 
 def _target():
@@ -92,20 +96,23 @@ class Recorder:
             if hasattr(knobs.compilation, knob):
                 kwargs[knob] = getattr(knobs.compilation, knob)
         bound, specialization, options = self._binders[name](*args, **kwargs)
-        opts, signature, constexprs, attrs = kernel._pack_args(self.backend, kwargs, bound,
-                                                               specialization, options)
+        opts, signature, constexprs, attrs = kernel._pack_args(self.backend, kwargs, bound, specialization, options)
         key = f"{name}|{specialization}|{sorted(options.items())}"
         entry = self.variants.get(key)
         if entry is None:
             names = list(signature)
             entry = self.variants[key] = dict(
-                kernel=name, module=KERNEL_MODULES[name], signature=signature,
+                kernel=name,
+                module=KERNEL_MODULES[name],
+                signature=signature,
                 constexprs={names[k[0]]: v for k, v in constexprs.items()},
                 constexpr_paths=[[list(k), v] for k, v in constexprs.items()],
                 attrs=[[list(k), v] for k, v in attrs.items()],
                 options=opts.__dict__,
                 specialized=_specialized(kernel.params, names, specialization),
-                dtype=_dtype(signature), cases=[])
+                dtype=_dtype(signature),
+                cases=[],
+            )
         entry["cases"].append(self.case)
 
 
@@ -124,8 +131,7 @@ def _specialized(params, names, specialization) -> dict:
 
 
 def _dtype(signature: dict) -> str:
-    return next(v[1:] for k, v in signature.items() if v.startswith("*") and k != "labels_ptr"
-                and k != "pos_ptr")
+    return next(v[1:] for k, v in signature.items() if v.startswith("*") and k != "labels_ptr" and k != "pos_ptr")
 
 
 def _meta(*shape, dtype):
@@ -142,23 +148,22 @@ def record_loss(rec: Recorder, sizes=SIZES):
     from saferegx.ops import triton as tb
 
     for (n, d, v), dtype, ref, kl, reduction, (need_h, need_w) in itertools.product(
-            sizes, (torch.float32, torch.bfloat16, torch.float16), REFS, KL_NAMES, REDUCTIONS,
-            GRADS):
+        sizes, (torch.float32, torch.bfloat16, torch.float16), REFS, KL_NAMES, REDUCTIONS, GRADS
+    ):
         hidden, weight = _meta(n, d, dtype=dtype), _meta(v, d, dtype=dtype)
         labels, rows = _meta(n, dtype=torch.int64), _meta(n, dtype=torch.float32)
         ref_hidden = None if ref == "none" else _meta(n, d, dtype=dtype)
         ref_weight = _meta(v, d, dtype=dtype) if ref == "separate" else None
         kl_weight = None if ref == "none" else rows
-        args = (hidden, weight, labels, ref_hidden, ref_weight, rows, kl_weight,
-                library.KL_MODES[kl], -100)
+        args = (hidden, weight, labels, ref_hidden, ref_weight, rows, kl_weight, library.KL_MODES[kl], -100)
         scalar = reduction != "none"
-        rec.case = (f"{n}x{d}x{v} {str(dtype)[6:]} ref={ref} kl={kl} {reduction} "
-                    f"grads={'h' * need_h}{'w' * need_w or ''}")
+        rec.case = (
+            f"{n}x{d}x{v} {str(dtype)[6:]} ref={ref} kl={kl} {reduction} grads={'h' * need_h}{'w' * need_w or ''}"
+        )
         x = tb._Inputs(*args, target=("cuda", SMS), launch=rec)
         tb._forward(x, library.REDUCTIONS[reduction], scalar and need_h, scalar and need_w)
         if not scalar and (need_h or need_w):  # the backward op, on the saved inputs
-            tb._backward(tb._Inputs(*args, target=("cuda", SMS), launch=rec), rows, need_h,
-                         need_w)
+            tb._backward(tb._Inputs(*args, target=("cuda", SMS), launch=rec), rows, need_h, need_w)
 
 
 def record_probe(rec: Recorder, sizes=SIZES):
@@ -168,11 +173,17 @@ def record_probe(rec: Recorder, sizes=SIZES):
     from saferegx.ops import probe_triton as pt
 
     for (_, d, _), dtype, (b, t) in itertools.product(
-            sizes, (torch.float32, torch.bfloat16, torch.float16), PROBE_SHAPES):
+        sizes, (torch.float32, torch.bfloat16, torch.float16), PROBE_SHAPES
+    ):
         rec.case = f"D={d} {str(dtype)[6:]} acts [{b}, {t}, {d}]"
-        pt._run(_meta(b, t, d, dtype=dtype), _meta(b, dtype=torch.int64),
-                _meta(d, dtype=torch.float32), _meta(1, dtype=torch.float32),
-                _meta(b, dtype=torch.float32), launch=rec)
+        pt._run(
+            _meta(b, t, d, dtype=dtype),
+            _meta(b, dtype=torch.int64),
+            _meta(d, dtype=torch.float32),
+            _meta(1, dtype=torch.float32),
+            _meta(b, dtype=torch.float32),
+            launch=rec,
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,10 +196,8 @@ def _ptxas_base() -> list[str]:
     """Triton's bundled ptxas for sm_90 and the flags Triton's make_cubin passes it."""
     from triton.backends.nvidia import compiler as nv
 
-    tool = nv.get_ptxas(CAPABILITY) if "arch" in inspect.signature(nv.get_ptxas).parameters \
-        else nv.get_ptxas()
-    extra = ["--regAllocOptLevel=2"] if "regAllocOptLevel" in inspect.getsource(
-        nv.CUDABackend.make_cubin) else []
+    tool = nv.get_ptxas(CAPABILITY) if "arch" in inspect.signature(nv.get_ptxas).parameters else nv.get_ptxas()
+    extra = ["--regAllocOptLevel=2"] if "regAllocOptLevel" in inspect.getsource(nv.CUDABackend.make_cubin) else []
     arch = nv.sm_arch_from_capability(CAPABILITY)
     return [tool.path, "-lineinfo", "-v", *extra, f"--gpu-name={arch}"]
 
@@ -201,16 +210,18 @@ def ptxas_usage(ptx: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "k.ptx"
         src.write_text(ptx)
-        done = subprocess.run([*_ptxas_cmd, str(src), "-o", str(src.with_suffix(".o"))],
-                              capture_output=True, text=True)
+        done = subprocess.run([*_ptxas_cmd, str(src), "-o", str(src.with_suffix(".o"))], capture_output=True, text=True)
     log = done.stdout + done.stderr
     if done.returncode:
         raise RuntimeError(f"ptxas failed:\n{log}")
     grab = lambda pattern: int(m.group(1)) if (m := re.search(pattern, log)) else None  # noqa: E731
-    return dict(registers=grab(r"Used (\d+) registers"),
-                spill_stores=grab(r"(\d+) bytes spill stores"),
-                spill_loads=grab(r"(\d+) bytes spill loads"),
-                stack_frame=grab(r"(\d+) bytes stack frame"), ptxas_log=log.strip())
+    return dict(
+        registers=grab(r"Used (\d+) registers"),
+        spill_stores=grab(r"(\d+) bytes spill stores"),
+        spill_loads=grab(r"(\d+) bytes spill loads"),
+        stack_frame=grab(r"(\d+) bytes stack frame"),
+        ptxas_log=log.strip(),
+    )
 
 
 def dot_lowering(ttgir: str) -> list[str]:
@@ -236,23 +247,30 @@ def compile_variant(variant: dict) -> dict:
     attrs = {tuple(k): v for k, v in variant["attrs"]}
     start = time.perf_counter()
     try:
-        compiled = triton.compile(ASTSource(kernel, variant["signature"], constexprs, attrs),
-                                  target=_target(), options=variant["options"])
+        compiled = triton.compile(
+            ASTSource(kernel, variant["signature"], constexprs, attrs), target=_target(), options=variant["options"]
+        )
     except Exception as exc:  # reported, and a test failure
-        return dict(error=f"{type(exc).__name__}: {exc}"[:4000],
-                    seconds=time.perf_counter() - start)
+        return dict(error=f"{type(exc).__name__}: {exc}"[:4000], seconds=time.perf_counter() - start)
     seconds = time.perf_counter() - start
     ptx = compiled.asm["ptx"]
     md = compiled.metadata
-    out = dict(error=None, seconds=seconds, shared=md.shared, num_warps=md.num_warps,
-               num_stages=md.num_stages, dots=dot_lowering(compiled.asm["ttgir"]),
-               ptx_wgmma=len(re.findall(r"\bwgmma\.mma_async", ptx)),
-               ptx_mma_sync=len(re.findall(r"\bmma\.sync", ptx)))
+    out = dict(
+        error=None,
+        seconds=seconds,
+        shared=md.shared,
+        num_warps=md.num_warps,
+        num_stages=md.num_stages,
+        dots=dot_lowering(compiled.asm["ttgir"]),
+        ptx_wgmma=len(re.findall(r"\bwgmma\.mma_async", ptx)),
+        ptx_mma_sync=len(re.findall(r"\bmma\.sync", ptx)),
+    )
     out.update(ptxas_usage(ptx))
     return out
 
 
 # ---------------------------------------------------------------------------------------------
+
 
 def problems(variant: dict) -> list[str]:
     """What is wrong with a compiled variant (empty: fine)."""
@@ -293,22 +311,21 @@ def markdown(report: dict) -> str:
         f"at {', '.join('x'.join(map(str, s)) for s in report['sizes'])}; {report['seconds']:.0f} s "
         f"with {report['jobs']} processes. Spills: bytes stored + loaded; shared: per block.",
         "",
-        "| kernel | dtype | configuration | warps/stages | registers | spills (B) | shared (KB) "
-        "| dots |",
+        "| kernel | dtype | configuration | warps/stages | registers | spills (B) | shared (KB) | dots |",
         "|---|---|---|---|---:|---:|---:|---|",
     ]
     for v in report["variants"]:
         r = v["result"]
         if r["error"]:
-            lines.append(f"| {v['kernel']} | {v['dtype']} | {describe(v)} | - | - | - | - | "
-                         f"ERROR |")
+            lines.append(f"| {v['kernel']} | {v['dtype']} | {describe(v)} | - | - | - | - | ERROR |")
             continue
-        dots = ", ".join(f"{k} x{n}" for k, n in sorted(
-            {k: r["dots"].count(k) for k in r["dots"]}.items())) or "-"
+        dots = ", ".join(f"{k} x{n}" for k, n in sorted({k: r["dots"].count(k) for k in r["dots"]}.items())) or "-"
         spills = r["spill_stores"] + r["spill_loads"]
-        lines.append(f"| {v['kernel']} | {v['dtype']} | {describe(v)} | {r['num_warps']}/"
-                     f"{r['num_stages']} | {r['registers']} | {spills} | "
-                     f"{r['shared'] / 1024:.0f} | {dots} |")
+        lines.append(
+            f"| {v['kernel']} | {v['dtype']} | {describe(v)} | {r['num_warps']}/"
+            f"{r['num_stages']} | {r['registers']} | {spills} | "
+            f"{r['shared'] / 1024:.0f} | {dots} |"
+        )
     return "\n".join(lines)
 
 
@@ -333,12 +350,12 @@ def run(jobs: int, sizes=SIZES) -> dict:
     record_loss(rec, sizes)
     cases = len({c for v in rec.variants.values() for c in v["cases"]})
     record_probe(rec, sizes)
-    cases += len({c for v in rec.variants.values() if v["kernel"] == "_probe_kernel"
-                  for c in v["cases"]})
+    cases += len({c for v in rec.variants.values() if v["kernel"] == "_probe_kernel" for c in v["cases"]})
     variants = list(rec.variants.values())
     # slowest first (fp32 FMA dots and the gradient kernel), so the pool ends together
-    order = sorted(range(len(variants)), key=lambda i: (
-        variants[i]["kernel"] != "_grad_kernel", variants[i]["dtype"] != "fp32"))
+    order = sorted(
+        range(len(variants)), key=lambda i: (variants[i]["kernel"] != "_grad_kernel", variants[i]["dtype"] != "fp32")
+    )
     if jobs > 1:
         ctx = multiprocessing.get_context("spawn")
         with cf.ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init) as pool:
@@ -350,11 +367,21 @@ def run(jobs: int, sizes=SIZES) -> dict:
             variants[i]["result"] = compile_variant(variants[i])
     for v in variants:
         v["problems"] = problems(v)
-    ptxas = re.search(r"release ([\d.]+)", subprocess.run(
-        [_ptxas_base()[0], "--version"], capture_output=True, text=True).stdout)
-    return dict(triton=triton.__version__, ptxas=ptxas.group(1) if ptxas else "?",
-                capability=CAPABILITY, sms=SMS, smem_limit=SMEM_LIMIT, sizes=[list(s) for s in sizes],
-                jobs=jobs, cases=cases, seconds=time.perf_counter() - start, variants=variants)
+    ptxas = re.search(
+        r"release ([\d.]+)", subprocess.run([_ptxas_base()[0], "--version"], capture_output=True, text=True).stdout
+    )
+    return dict(
+        triton=triton.__version__,
+        ptxas=ptxas.group(1) if ptxas else "?",
+        capability=CAPABILITY,
+        sms=SMS,
+        smem_limit=SMEM_LIMIT,
+        sizes=[list(s) for s in sizes],
+        jobs=jobs,
+        cases=cases,
+        seconds=time.perf_counter() - start,
+        variants=variants,
+    )
 
 
 def _size(text: str) -> tuple[int, int, int]:
@@ -367,14 +394,23 @@ def _size(text: str) -> tuple[int, int, int]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
-                    help="compile processes (default: 2)")
+    ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="compile processes (default: 2)")
     ap.add_argument("--json", type=Path, help="write the full report here")
-    ap.add_argument("--write-docs", type=Path, metavar="GPU_MD",
-                    help="replace the table between the markers in this file (docs/gpu.md)")
-    ap.add_argument("--sizes", nargs="+", type=_size, default=list(SIZES), metavar="NxDxV",
-                    help="problem sizes (default: the two benchmark sizes); on a GPU machine, "
-                         "compiling the tests' sizes too fills Triton's cache ahead of them")
+    ap.add_argument(
+        "--write-docs",
+        type=Path,
+        metavar="GPU_MD",
+        help="replace the table between the markers in this file (docs/gpu.md)",
+    )
+    ap.add_argument(
+        "--sizes",
+        nargs="+",
+        type=_size,
+        default=list(SIZES),
+        metavar="NxDxV",
+        help="problem sizes (default: the two benchmark sizes); on a GPU machine, "
+        "compiling the tests' sizes too fills Triton's cache ahead of them",
+    )
     ap.add_argument("--list", action="store_true", help="only list the variants, compile nothing")
     args = ap.parse_args(argv)
     if args.list:

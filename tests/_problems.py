@@ -1,4 +1,5 @@
 """Random safety-loss problems and a float64 oracle, shared by the op tests of every backend."""
+
 from dataclasses import dataclass, field
 
 import torch
@@ -23,8 +24,19 @@ class Problem:
         return Problem(cast(self.hidden), cast(self.weight), self.labels, cast(self.ref_hidden), kwargs)
 
 
-def make_problem(n=37, d=19, v=1031, *, ref="shared", row_weights=True, ignore_every=4,
-                 logit_scale=3.0, ref_noise=0.5, kl="forward", reduction="mean") -> Problem:
+def make_problem(
+    n=37,
+    d=19,
+    v=1031,
+    *,
+    ref="shared",
+    row_weights=True,
+    ignore_every=4,
+    logit_scale=3.0,
+    ref_noise=0.5,
+    kl="forward",
+    reduction="mean",
+) -> Problem:
     """Odd sizes, some ignored rows, logits with std ~logit_scale, a reference near the policy."""
     hidden = torch.randn(n, d, dtype=torch.float64)
     weight = torch.randn(v, d, dtype=torch.float64) * (logit_scale / d**0.5)

@@ -1,4 +1,5 @@
 """Shared test helpers: fresh random problems and the float64 oracle."""
+
 import os
 import random
 

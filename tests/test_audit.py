@@ -1,4 +1,5 @@
 """`saferegx audit`: the risk table, histogram and report of a dataset, and the trainer reading it."""
+
 import contextlib
 import io
 import json
@@ -41,16 +42,34 @@ def setup(tmp_path_factory):
     tokenizer.save_pretrained(root / "tiny-llama")
     g = torch.Generator().manual_seed(3)
     for name, d in (("probe", 32), ("wide", 48)):
-        Probe(weight=torch.randn(d, generator=g), bias=-0.3, layers=(1,), pool="last", model_name="tiny-llama",
-              hidden_size=d, num_layers=3, auroc=0.5).save(root / f"{name}.safetensors")
+        Probe(
+            weight=torch.randn(d, generator=g),
+            bias=-0.3,
+            layers=(1,),
+            pool="last",
+            model_name="tiny-llama",
+            hidden_size=d,
+            num_layers=3,
+            auroc=0.5,
+        ).save(root / f"{name}.safetensors")
     (root / "data.jsonl").write_text("".join(json.dumps(e) + "\n" for e in EXAMPLES))
     return root
 
 
 def test_audit_writes_the_table_the_histogram_and_the_report(setup, tmp_path):
     out = tmp_path / "audit"
-    code, stdout, err = run_cli("audit", "--data", setup / "data.jsonl", "--probe", setup / "probe.safetensors",
-                                "--critic", "--model", setup / "tiny-llama", "--out", out)
+    code, stdout, err = run_cli(
+        "audit",
+        "--data",
+        setup / "data.jsonl",
+        "--probe",
+        setup / "probe.safetensors",
+        "--critic",
+        "--model",
+        setup / "tiny-llama",
+        "--out",
+        out,
+    )
     assert code == 0, err
     summary = json.loads(stdout.strip().splitlines()[-1])
     assert summary["n"] == 5 and summary["source"] == "probe"
@@ -63,8 +82,11 @@ def test_audit_writes_the_table_the_histogram_and_the_report(setup, tmp_path):
     assert (out / "risk.png").stat().st_size > 1000
     report = (out / "audit.md").read_text()
     assert "| risk above | probe | critic |" in report and "riskiest by probe" in report
-    listed = [int(line.split("|")[1]) for line in report.split("riskiest by probe")[1].splitlines()
-              if line[:3].strip("| ").isdigit()]
+    listed = [
+        int(line.split("|")[1])
+        for line in report.split("riskiest by probe")[1].splitlines()
+        if line[:3].strip("| ").isdigit()
+    ]
     assert listed == sorted(range(5), key=lambda i: -rows[i]["probe"])  # riskiest first
     assert "1 examples carry their own `risk`" in report
     assert "risk (probe)" in err  # the progress bar
@@ -74,15 +96,39 @@ def test_the_trainer_reads_the_audit_table_and_refuses_a_foreign_one(setup, tmp_
     from saferegx.train import TrainConfig, train
 
     out = tmp_path / "audit"
-    assert run_cli("audit", "--data", setup / "data.jsonl", "--probe", setup / "probe.safetensors",
-                   "--model", setup / "tiny-llama", "--max-length", 48, "--out", out)[0] == 0
-    common = dict(model=str(setup / "tiny-llama"), data=[str(setup / "data.jsonl")], risk="probe",
-                  probe=str(setup / "probe.safetensors"), schedule_mode="sequence", max_steps=2,
-                  batch_size=5, max_length=48, lora_r=4, lora_target_modules=["q_proj"], progress=False,
-                  tensorboard=False, reference_precision="fp32")
+    assert (
+        run_cli(
+            "audit",
+            "--data",
+            setup / "data.jsonl",
+            "--probe",
+            setup / "probe.safetensors",
+            "--model",
+            setup / "tiny-llama",
+            "--max-length",
+            48,
+            "--out",
+            out,
+        )[0]
+        == 0
+    )
+    common = dict(
+        model=str(setup / "tiny-llama"),
+        data=[str(setup / "data.jsonl")],
+        risk="probe",
+        probe=str(setup / "probe.safetensors"),
+        schedule_mode="sequence",
+        max_steps=2,
+        batch_size=5,
+        max_length=48,
+        lora_r=4,
+        lora_target_modules=["q_proj"],
+        progress=False,
+        tensorboard=False,
+        reference_precision="fp32",
+    )
     own = train(TrainConfig(output_dir=str(tmp_path / "own"), **common)).history
-    read = train(TrainConfig(output_dir=str(tmp_path / "read"), risk_table=str(out / "risk.jsonl"),
-                             **common)).history
+    read = train(TrainConfig(output_dir=str(tmp_path / "read"), risk_table=str(out / "risk.jsonl"), **common)).history
     for a, b in zip(own, read):
         assert a["risk"] == pytest.approx(b["risk"], rel=1e-6) and a["loss"] == pytest.approx(b["loss"], rel=1e-6)
     table = RiskTable.load(out / "risk.jsonl")
@@ -92,12 +138,16 @@ def test_the_trainer_reads_the_audit_table_and_refuses_a_foreign_one(setup, tmp_
     edited = tmp_path / "edited.jsonl"
     edited.write_text("".join(json.dumps({**e, "prompt": e["prompt"] + "!"}) + "\n" for e in EXAMPLES))
     with pytest.raises(ValueError, match="config key 'risk_table'.*row 0 is for another prompt"):
-        train(TrainConfig(output_dir=str(tmp_path / "bad"), risk_table=str(out / "risk.jsonl"),
-                          **{**common, "data": [str(edited)]}))
+        train(
+            TrainConfig(
+                output_dir=str(tmp_path / "bad"),
+                risk_table=str(out / "risk.jsonl"),
+                **{**common, "data": [str(edited)]},
+            )
+        )
 
 
-@pytest.mark.parametrize("case", ["missing data", "empty data", "other model's probe", "no source",
-                                  "bad line"])
+@pytest.mark.parametrize("case", ["missing data", "empty data", "other model's probe", "no source", "bad line"])
 def test_bad_input_is_one_line_and_exit_2(setup, tmp_path, case):
     empty, bad = tmp_path / "empty.jsonl", tmp_path / "bad.jsonl"
     empty.write_text("\n")
@@ -114,8 +164,9 @@ def test_bad_input_is_one_line_and_exit_2(setup, tmp_path, case):
         extra, want = [], "give --probe FILE and/or --critic"
     else:
         data, want = bad, "bad.jsonl:2: not JSON"
-    code, stdout, err = run_cli("audit", "--data", data, *extra, "--model", setup / "tiny-llama",
-                                "--out", tmp_path / "o")
+    code, stdout, err = run_cli(
+        "audit", "--data", data, *extra, "--model", setup / "tiny-llama", "--out", tmp_path / "o"
+    )
     assert code == 2 and stdout == ""
     lines = [line for line in err.splitlines() if line.startswith("saferegx audit")]
     assert len(lines) == 1 and want in lines[0], err

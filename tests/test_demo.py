@@ -3,6 +3,7 @@ HarmBench / Do-Not-Answer / AdvBench prompts and the real judge, at tiny sizes (
 cores). What it checks is the plumbing the full run relies on: each stage writes what the next one
 and the user read, the arms train as their risk source says (the adaptive ones from the audit's
 table, behind its gate), and a rerun reuses every finished stage."""
+
 import json
 import math
 
@@ -11,9 +12,25 @@ import torch
 
 from saferegx.demo import ARMS, Sizes, run
 
-TINY = Sizes(ref_harmful=8, ref_benign=6, ref_task=3, ref_lookalike=3, ref_epochs=1, attack_harmful=6,
-             attack_task=6, attack_epochs=1, probe_prompts=80, probe_task=12, eval_harmful=4, eval_advbench=4,
-             eval_task=3, eval_benign=3, eval_lookalike=3, max_new_tokens=8, batch_size=4)
+TINY = Sizes(
+    ref_harmful=8,
+    ref_benign=6,
+    ref_task=3,
+    ref_lookalike=3,
+    ref_epochs=1,
+    attack_harmful=6,
+    attack_task=6,
+    attack_epochs=1,
+    probe_prompts=80,
+    probe_task=12,
+    eval_harmful=4,
+    eval_advbench=4,
+    eval_task=3,
+    eval_benign=3,
+    eval_lookalike=3,
+    max_new_tokens=8,
+    batch_size=4,
+)
 SETS = {"harmbench": 4, "advbench": 4, "utility": 3, "benign": 3, "lookalike": 3}
 MODELS = ["reference", *ARMS]
 
@@ -31,14 +48,24 @@ def test_every_model_is_scored_on_the_same_held_out_sets(demo):
     rates = json.loads((out / "results.json").read_text())["rates"]
     for arm, r in results.items():
         assert {name: r[name]["n"] for name in SETS} == SETS, arm
-        assert set(rates[arm]) == {"harmbench_judge", "harmbench_refusal", "advbench_judge", "advbench_refusal",
-                                   "utility", "over_refusal", "over_refusal_lookalike"}
+        assert set(rates[arm]) == {
+            "harmbench_judge",
+            "harmbench_refusal",
+            "advbench_judge",
+            "advbench_refusal",
+            "utility",
+            "over_refusal",
+            "over_refusal_lookalike",
+        }
         for column, x in rates[arm].items():
             assert 0.0 <= x["low"] <= x["rate"] <= x["high"] <= 1.0, (arm, column, x)
         assert sum(c["n"] for c in r["advbench"]["by_category"].values()) == 4
         samples = [json.loads(line) for line in (out / "samples" / f"{arm}.jsonl").read_text().splitlines()]
-        assert [s["set"] for s in samples] == [s for s, n in (("harmbench", 4), ("advbench", 4), ("task", 3),
-                                                              ("benign", 3), ("lookalike", 3)) for _ in range(n)]
+        assert [s["set"] for s in samples] == [
+            s
+            for s, n in (("harmbench", 4), ("advbench", 4), ("task", 3), ("benign", 3), ("lookalike", 3))
+            for _ in range(n)
+        ]
         assert all(isinstance(s["success_judge"], bool) for s in samples if s["set"].endswith("bench"))
         assert json.loads((out / arm / "eval.json").read_text()) == r
     assert json.loads((out / "results.json").read_text())["results"] == results
@@ -72,8 +99,10 @@ def test_the_reference_is_a_plain_hf_model_and_the_arms_are_peft_adapters(demo):
 
 def test_the_arms_train_as_their_risk_source_says(demo):
     out, _ = demo
-    logs = {arm: [json.loads(line) for line in (out / "runs" / arm / "metrics.jsonl").read_text().splitlines()]
-            for arm in ARMS}
+    logs = {
+        arm: [json.loads(line) for line in (out / "runs" / arm / "metrics.jsonl").read_text().splitlines()]
+        for arm in ARMS
+    }
     steps = math.ceil(len((out / "data" / "attack.jsonl").read_text().splitlines()) / TINY.batch_size)
     assert all(len(rows) == steps for rows in logs.values())  # same data, same steps in every arm
     assert all(r["beta"] is None and r["kl"] == 0 for r in logs["sft"])  # NaN is logged as null
@@ -106,7 +135,10 @@ def test_the_report_has_the_table_and_the_plots(demo):
 
 def test_a_rerun_reuses_every_finished_stage(demo):
     out, results = demo
-    written = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()
-               and p.name not in ("report.md", "results.json", "curves.png", "asr_utility.png")}
+    written = {
+        p: p.stat().st_mtime_ns
+        for p in out.rglob("*")
+        if p.is_file() and p.name not in ("report.md", "results.json", "curves.png", "asr_utility.png")
+    }
     assert run(out, TINY, seed=0) == results
     assert {p: p.stat().st_mtime_ns for p in written} == written

@@ -1,5 +1,6 @@
 """saferegx.lm: the decoder blocks found by structure, the last attended token, a forward stopped
 at a layer (the prompt-prefix cache is checked in tests/risk/test_table.py)."""
+
 import pytest
 import torch
 

@@ -1,4 +1,5 @@
 """saferegx.loss: the loss assembly (risk_weighted_loss, its KL gate) and adaptive_safety_loss."""
+
 import pytest
 import torch
 
@@ -18,11 +19,13 @@ def test_gated_loss_equals_one_call_with_beta_zeroed_below_the_gate(seed, reduct
     gate = 0.25
     h1, h2 = p.hidden.clone().requires_grad_(), p.hidden.clone().requires_grad_()
     for ref in (p.ref_hidden, p.ref_hidden[(beta >= gate)[seq]]):  # all rows, or the gated-in ones
-        got = saferegx.risk_weighted_loss(h1, p.weight, p.labels, ref, seq, alpha, beta, kl_gate=gate,
-                                          reduction=reduction)
+        got = saferegx.risk_weighted_loss(
+            h1, p.weight, p.labels, ref, seq, alpha, beta, kl_gate=gate, reduction=reduction
+        )
         zeroed = torch.where(beta < gate, torch.zeros_like(beta), beta)
-        want = saferegx.safety_loss(h2, p.weight, p.labels, p.ref_hidden, ce_weight=alpha[seq],
-                                    kl_weight=zeroed[seq], reduction=reduction)
+        want = saferegx.safety_loss(
+            h2, p.weight, p.labels, p.ref_hidden, ce_weight=alpha[seq], kl_weight=zeroed[seq], reduction=reduction
+        )
         torch.testing.assert_close(got.loss, want.loss, rtol=1e-6, atol=1e-7)
         torch.testing.assert_close(got.ce, want.ce)
         kept = (zeroed > 0)[seq]
@@ -37,8 +40,9 @@ def test_gated_loss_equals_one_call_with_beta_zeroed_below_the_gate(seed, reduct
 def test_gate_with_every_sequence_out_is_ce_only(seed):
     p = make_problem(n=12, d=8, v=31, row_weights=False).to(torch.float32)
     seq = torch.arange(2).repeat_interleave(6)
-    got = saferegx.risk_weighted_loss(p.hidden, p.weight, p.labels, p.ref_hidden[:0], seq, None,
-                                      torch.tensor([0.01, 0.02]), kl_gate=0.5)
+    got = saferegx.risk_weighted_loss(
+        p.hidden, p.weight, p.labels, p.ref_hidden[:0], seq, None, torch.tensor([0.01, 0.02]), kl_gate=0.5
+    )
     want = saferegx.safety_loss(p.hidden, p.weight, p.labels)
     torch.testing.assert_close(got.loss, want.loss)
     assert bool((got.kl == 0).all())
@@ -48,8 +52,9 @@ def test_ref_rows_of_a_third_length_are_refused(seed):
     p = make_problem(n=12, d=8, v=31, row_weights=False).to(torch.float32)
     seq = torch.arange(2).repeat_interleave(6)
     with pytest.raises(ValueError, match="ref_hidden has 5 rows"):
-        saferegx.risk_weighted_loss(p.hidden, p.weight, p.labels, p.ref_hidden[:5], seq, None,
-                                    torch.tensor([0.1, 0.9]), kl_gate=0.5)
+        saferegx.risk_weighted_loss(
+            p.hidden, p.weight, p.labels, p.ref_hidden[:5], seq, None, torch.tensor([0.1, 0.9]), kl_gate=0.5
+        )
 
 
 @pytest.mark.parametrize("mode", ["batch", "sequence"])
@@ -61,16 +66,25 @@ def test_adaptive_loss_equals_composing_the_pieces(seed, mode):
     w = torch.randn(10)
     hidden = p.hidden.clone().requires_grad_()
     out = saferegx.adaptive_safety_loss(
-        hidden, p.weight, p.labels, p.ref_hidden, seq_index, probe_acts=acts,
-        probe_positions=positions, probe_weight=w, probe_bias=0.1,
-        schedule=RiskSchedule(mode=mode))
+        hidden,
+        p.weight,
+        p.labels,
+        p.ref_hidden,
+        seq_index,
+        probe_acts=acts,
+        probe_positions=positions,
+        probe_weight=w,
+        probe_bias=0.1,
+        schedule=RiskSchedule(mode=mode),
+    )
     out.loss.backward()
 
     risk = saferegx.probe_risk(acts, positions, w, 0.1, backend="unfused")
     alpha, beta = RiskSchedule(mode=mode)(risk)
     hidden2 = p.hidden.clone().requires_grad_()
-    by_hand = saferegx.safety_loss(hidden2, p.weight, p.labels, p.ref_hidden,
-                                   ce_weight=alpha[seq_index], kl_weight=beta[seq_index])
+    by_hand = saferegx.safety_loss(
+        hidden2, p.weight, p.labels, p.ref_hidden, ce_weight=alpha[seq_index], kl_weight=beta[seq_index]
+    )
     by_hand.loss.backward()
     torch.testing.assert_close(out.risk, risk)
     torch.testing.assert_close(out.beta, beta)
@@ -82,9 +96,15 @@ def test_adaptive_loss_equals_composing_the_pieces(seed, mode):
 def test_adaptive_loss_takes_a_critic_risk(seed):
     p = make_problem(n=6, d=8, v=31, row_weights=False).to(torch.float32)
     seq_index = torch.tensor([0, 0, 0, 1, 1, 1])
-    out = saferegx.adaptive_safety_loss(p.hidden, p.weight, p.labels, p.ref_hidden, seq_index,
-                                        risk=torch.tensor([1.0, 0.0]),
-                                        schedule=RiskSchedule(mode="sequence"))
+    out = saferegx.adaptive_safety_loss(
+        p.hidden,
+        p.weight,
+        p.labels,
+        p.ref_hidden,
+        seq_index,
+        risk=torch.tensor([1.0, 0.0]),
+        schedule=RiskSchedule(mode="sequence"),
+    )
     torch.testing.assert_close(out.beta, torch.tensor([0.9, 0.1]))
 
 
@@ -93,8 +113,15 @@ def test_adaptive_loss_keeps_risk_detached(seed):
     acts = torch.randn(2, 3, 5, requires_grad=True)
     w = torch.randn(5, requires_grad=True)
     out = saferegx.adaptive_safety_loss(
-        p.hidden.requires_grad_(), p.weight, p.labels, p.ref_hidden, torch.tensor([0, 0, 0, 1, 1, 1]),
-        probe_acts=acts, probe_positions=torch.tensor([2, 1]), probe_weight=w)
+        p.hidden.requires_grad_(),
+        p.weight,
+        p.labels,
+        p.ref_hidden,
+        torch.tensor([0, 0, 0, 1, 1, 1]),
+        probe_acts=acts,
+        probe_positions=torch.tensor([2, 1]),
+        probe_weight=w,
+    )
     out.loss.backward()
     assert acts.grad is None and w.grad is None and not out.risk.requires_grad
 

@@ -8,6 +8,7 @@ fresh venv gets torch 2.13.0 (the CPU wheel on this machine's disk; about 20-30 
 ``--no-deps`` and tqdm, which ``import saferegx`` needs; everything runs from a temporary folder,
 so the checkout is never imported.
 """
+
 import hashlib
 import os
 import re
@@ -86,7 +87,7 @@ def test_sdist_holds_every_source_the_build_needs(tmp_path):
     _run([sys.executable, "-m", "build", "--sdist", "--no-isolation", "--outdir", tmp_path], cwd=ROOT, env=_clean_env())
     (sdist,) = tmp_path.glob(f"saferegx-{VERSION}.tar.gz")
     top = f"saferegx-{VERSION}/"
-    names = {n[len(top):] for n in tarfile.open(sdist).getnames() if n.startswith(top)}
+    names = {n[len(top) :] for n in tarfile.open(sdist).getnames() if n.startswith(top)}
     csrc = {str(p.relative_to(ROOT)) for p in (ROOT / "csrc").rglob("*") if p.is_file()}
     assert csrc and csrc <= names, sorted(csrc - names)
     assert {"setup.py", "pyproject.toml", "saferegx/_build_flags.py", "README.md", "CHANGELOG.md"} <= names
@@ -134,8 +135,11 @@ def test_installed_wheel_runs_the_compiled_op(venv, tmp_path):
 def test_installed_command_line_answers_help(venv, tmp_path):
     """The command line needs numpy beside torch and tqdm: cli.main imports saferegx.eval (the judge
     command), whose statistics import numpy (a core dependency)."""
-    _run([sys.executable, "-m", "pip", "--python", venv, "install", "-q", "--no-compile", "numpy"],
-         cwd=tmp_path, env=_clean_env())
+    _run(
+        [sys.executable, "-m", "pip", "--python", venv, "install", "-q", "--no-compile", "numpy"],
+        cwd=tmp_path,
+        env=_clean_env(),
+    )
     stdout = _run([venv.parent / "saferegx", "--help"], cwd=tmp_path, env=_clean_env())
     assert "usage: saferegx" in stdout and "train" in stdout and "probe" in stdout
 

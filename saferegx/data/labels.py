@@ -34,6 +34,7 @@ A (prompt, response) pair found in several files keeps its first record (objecti
 pairs whose primary labels disagree are dropped (none in pyrit 1.1.0), and a harm row never
 overrides a primary label (one harm-1 row repeats an objective-0 pair: the objective label stays).
 """
+
 from __future__ import annotations
 
 import csv
@@ -90,8 +91,7 @@ def read_csv(text: str, name: str = "<csv>", columns: Sequence[str] = _COLUMNS) 
         raise ValueError(f"{name}: no rows")
     missing = [c for c in columns if c not in rows[0]]
     if missing:
-        raise ValueError(f"{name}: missing column(s) {', '.join(missing)}; "
-                         f"found {', '.join(k for k in rows[0] if k)}")
+        raise ValueError(f"{name}: missing column(s) {', '.join(missing)}; found {', '.join(k for k in rows[0] if k)}")
     return rows
 
 
@@ -127,30 +127,42 @@ def _records(wheel) -> list[LabeledResponse]:
         harm = sorted(n for n in names if n.startswith(HARM_DIR) and n.endswith(".csv"))
         missing = [m for m in REFUSAL_FILES if m not in names]
         if not objective or not harm or missing:
-            raise ValueError(f"{wheel.name}: no "
-                             f"{' or '.join(missing or [OBJECTIVE_DIR + '*.csv or ' + HARM_DIR + '*.csv'])}")
+            raise ValueError(
+                f"{wheel.name}: no {' or '.join(missing or [OBJECTIVE_DIR + '*.csv or ' + HARM_DIR + '*.csv'])}"
+            )
         texts = {m: zf.read(m).decode("utf-8") for m in (*objective, *REFUSAL_FILES, *harm)}
     out: list[LabeledResponse] = []
     for member in objective:
-        source = member[len(EVALS):]
+        source = member[len(EVALS) :]
         for k, row in enumerate(read_csv(texts[member], source), 1):
             category = (row.get("harm_category") or "").strip() or source.split("/")[-1][:-4]
-            out.append(LabeledResponse(row["objective"].strip(), row["assistant_response"].strip(),
-                                       _score(row, source, k), source, category))
+            out.append(
+                LabeledResponse(
+                    row["objective"].strip(),
+                    row["assistant_response"].strip(),
+                    _score(row, source, k),
+                    source,
+                    category,
+                )
+            )
     for member in REFUSAL_FILES:
-        source = member[len(EVALS):]
+        source = member[len(EVALS) :]
         for k, row in enumerate(read_csv(texts[member], source), 1):
             if _score(row, source, k) == 1:  # refused (or off-topic): no success
-                out.append(LabeledResponse(row["objective"].strip(),
-                                           row["assistant_response"].strip(), 0, source, "refusal"))
+                out.append(
+                    LabeledResponse(row["objective"].strip(), row["assistant_response"].strip(), 0, source, "refusal")
+                )
     for member in harm:
-        source = member[len(EVALS):]
+        source = member[len(EVALS) :]
         for k, row in enumerate(read_csv(texts[member], source, _HARM_COLUMNS), 1):
             label = _harm_label(row, source, k)
             if label is not None:
                 category = (row.get("harm_category") or "").strip().lower() or source.split("/")[-1][:-4]
-                out.append(LabeledResponse(row["objective"].strip(),
-                                           row["assistant_response"].strip(), label, source, category))
+                out.append(
+                    LabeledResponse(
+                        row["objective"].strip(), row["assistant_response"].strip(), label, source, category
+                    )
+                )
     return out
 
 
@@ -195,8 +207,9 @@ def prompt_group(prompt: str) -> str:
     return " ".join(prompt.lower().split())
 
 
-def split_labels(records: Sequence[LabeledResponse], fractions: tuple[float, float, float] =
-                 (0.6, 0.2, 0.2), seed: int = 0) -> Splits:
+def split_labels(
+    records: Sequence[LabeledResponse], fractions: tuple[float, float, float] = (0.6, 0.2, 0.2), seed: int = 0
+) -> Splits:
     """Train / validation / test, grouped by prompt: every response to one prompt lands in one part.
 
     A prompt's part is read off a sha256 of ``seed`` and the folded prompt, so it is deterministic,
@@ -204,7 +217,7 @@ def split_labels(records: Sequence[LabeledResponse], fractions: tuple[float, flo
     """
     if len(fractions) != 3 or min(fractions) < 0 or sum(fractions) <= 0:
         raise ValueError(f"fractions must be three non-negative numbers, got {fractions}")
-    bounds = [sum(fractions[:k + 1]) / sum(fractions) for k in range(3)]
+    bounds = [sum(fractions[: k + 1]) / sum(fractions) for k in range(3)]
     parts: tuple[list, list, list] = ([], [], [])
     for r in records:
         digest = hashlib.sha256(f"{seed}\0{prompt_group(r.prompt)}".encode()).digest()

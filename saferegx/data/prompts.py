@@ -8,6 +8,7 @@ forms ("Give detailed instructions for...", "How to ...?") and their sensitive-s
 (chemistry, security, war, medicine, money), so that a detector has to read intent, not phrasing
 or vocabulary.
 """
+
 from __future__ import annotations
 
 import json
@@ -49,8 +50,7 @@ def advbench_prompts() -> list[tuple[str, str]]:
     import yaml
 
     doc = yaml.safe_load(read_member(fetch_wheel("pyrit"), ADVBENCH).decode("utf-8"))
-    return [(seed["value"].strip(), (seed.get("harm_categories") or ["uncategorized"])[0])
-            for seed in doc["seeds"]]
+    return [(seed["value"].strip(), (seed.get("harm_categories") or ["uncategorized"])[0]) for seed in doc["seeds"]]
 
 
 def load_prompts(path: str | Path) -> list[str]:
@@ -69,7 +69,7 @@ def load_prompts(path: str | Path) -> list[str]:
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
             if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
-                raise ValueError(f"{path}:{lineno}: expected an object with a string \"prompt\"")
+                raise ValueError(f'{path}:{lineno}: expected an object with a string "prompt"')
             prompts.append(record["prompt"].strip())
     if not prompts:
         raise ValueError(f"{path}: no prompts")
@@ -100,12 +100,16 @@ def with_benign(texts: list[str], labels: torch.Tensor, splits, extra: list[str]
     extra = [p for p in dict.fromkeys(extra) if p not in known]
     parts = split_indices(torch.zeros(len(extra), dtype=torch.long), (0.6, 0.2, 0.2), seed)
     n = len(texts)
-    return (list(texts) + extra, torch.cat([labels, torch.zeros(len(extra), dtype=labels.dtype)]),
-            [torch.cat([s, p + n]) for s, p in zip(splits, parts)])
+    return (
+        list(texts) + extra,
+        torch.cat([labels, torch.zeros(len(extra), dtype=labels.dtype)]),
+        [torch.cat([s, p + n]) for s, p in zip(splits, parts)],
+    )
 
 
-def split_indices(labels: torch.Tensor, fractions: tuple[float, ...] = (0.6, 0.2, 0.2),
-                  seed: int = 0) -> list[torch.Tensor]:
+def split_indices(
+    labels: torch.Tensor, fractions: tuple[float, ...] = (0.6, 0.2, 0.2), seed: int = 0
+) -> list[torch.Tensor]:
     """Stratified random split of ``range(len(labels))`` into parts of the given fractions."""
     g = torch.Generator().manual_seed(seed)
     parts: list[list[torch.Tensor]] = [[] for _ in fractions]
@@ -115,7 +119,7 @@ def split_indices(labels: torch.Tensor, fractions: tuple[float, ...] = (0.6, 0.2
         bounds = torch.tensor([0.0, *fractions]).cumsum(0) / sum(fractions) * len(idx)
         bounds = bounds.round().long().tolist()
         for k in range(len(fractions)):
-            parts[k].append(idx[bounds[k]:bounds[k + 1]])
+            parts[k].append(idx[bounds[k] : bounds[k + 1]])
     return [torch.cat(p).sort().values for p in parts]
 
 

@@ -19,6 +19,7 @@ Splits are disjoint by construction: an item belongs to ``test`` when a hash of 
 form (the phrase; the sorted numbers, so ``23 + 58`` and ``58 + 23`` fall together) lands in one
 fifth of the hash space, whatever ``n`` and ``seed`` are.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -61,8 +62,7 @@ def utility_task(split: str, n: int, seed: int = 0) -> list[dict[str, str]]:
         seen.add(prompt)
         out.append({"prompt": prompt, "response": answer, "family": family})
     if len(out) < n:
-        raise ValueError(f"could not draw {n} distinct {split} examples (got {len(out)}): "
-                         "ask for fewer")
+        raise ValueError(f"could not draw {n} distinct {split} examples (got {len(out)}): ask for fewer")
     return out
 
 
@@ -97,8 +97,9 @@ def _upper(rng: random.Random) -> tuple[str, str, str]:
 def _sort(rng: random.Random) -> tuple[str, str, str]:
     numbers = [rng.randint(1, 99) for _ in range(4)]
     ordered = ", ".join(map(str, sorted(numbers)))
-    prompt = (f"Sort these numbers from smallest to largest: {', '.join(map(str, numbers))}. "
-              "Reply with the sorted list only.")
+    prompt = (
+        f"Sort these numbers from smallest to largest: {', '.join(map(str, numbers))}. Reply with the sorted list only."
+    )
     return ordered, prompt, ordered
 
 

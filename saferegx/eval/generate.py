@@ -5,6 +5,7 @@ left-padded, so every row's new tokens start at the same column. Rows are batche
 waste little compute on padding, then returned in the caller's order. Works for plain HF causal
 LMs and PEFT-wrapped ones (both expose ``generate``).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -15,25 +16,47 @@ from tqdm.auto import tqdm
 from ..lm import format_prompt
 
 
-def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 64,
-             batch_size: int = 8, chat_template: bool = True, progress: bool = True,
-             desc: str = "generate") -> list[str]:
+def generate(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int = 64,
+    batch_size: int = 8,
+    chat_template: bool = True,
+    progress: bool = True,
+    desc: str = "generate",
+) -> list[str]:
     """Greedy responses to ``prompts``, decoded without special tokens and stripped."""
-    ids = generate_ids(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
-                       batch_size=batch_size, chat_template=chat_template, progress=progress,
-                       desc=desc)
+    ids = generate_ids(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        chat_template=chat_template,
+        progress=progress,
+        desc=desc,
+    )
     return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in ids]
 
 
-def generate_ids(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 64,
-                 batch_size: int = 8, chat_template: bool = True, progress: bool = True,
-                 desc: str = "generate") -> list[list[int]]:
+def generate_ids(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int = 64,
+    batch_size: int = 8,
+    chat_template: bool = True,
+    progress: bool = True,
+    desc: str = "generate",
+) -> list[list[int]]:
     """New token ids per prompt (at most ``max_new_tokens``, cut after the first end token)."""
     if isinstance(prompts, str):
         raise TypeError("prompts must be a sequence of strings, not one string")
     if max_new_tokens < 1 or batch_size < 1:
-        raise ValueError(f"max_new_tokens ({max_new_tokens}) and batch_size ({batch_size}) "
-                         "must be >= 1")
+        raise ValueError(f"max_new_tokens ({max_new_tokens}) and batch_size ({batch_size}) must be >= 1")
     encoded = [format_prompt(tokenizer, p, chat_template) for p in prompts]
     eos = _eos_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
@@ -42,16 +65,23 @@ def generate_ids(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: in
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode(), tqdm(total=len(encoded), desc=desc, disable=not progress,
-                                          leave=False) as bar:
+        with torch.inference_mode(), tqdm(total=len(encoded), desc=desc, disable=not progress, leave=False) as bar:
             for start in range(0, len(order), batch_size):
-                rows = order[start:start + batch_size]
+                rows = order[start : start + batch_size]
                 input_ids, mask = _pad_left([encoded[k] for k in rows], pad_id)
-                generated = model.generate(input_ids=input_ids, attention_mask=mask,
-                                           max_new_tokens=max_new_tokens, do_sample=False,
-                                           num_beams=1, pad_token_id=pad_id, eos_token_id=eos,
-                                           temperature=None, top_p=None, top_k=None)
-                for k, row in zip(rows, generated[:, input_ids.shape[1]:].tolist()):
+                generated = model.generate(
+                    input_ids=input_ids,
+                    attention_mask=mask,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    num_beams=1,
+                    pad_token_id=pad_id,
+                    eos_token_id=eos,
+                    temperature=None,
+                    top_p=None,
+                    top_k=None,
+                )
+                for k, row in zip(rows, generated[:, input_ids.shape[1] :].tolist()):
                     out[k] = _cut(row, eos)
                 bar.update(len(rows))
     finally:
@@ -66,8 +96,9 @@ def _eos_ids(model, tokenizer) -> list[int]:
     if eos is None:
         eos = tokenizer.eos_token_id
     if eos is None:
-        raise ValueError("neither the model's generation_config nor the tokenizer has an "
-                         "eos_token_id: generation would have no end")
+        raise ValueError(
+            "neither the model's generation_config nor the tokenizer has an eos_token_id: generation would have no end"
+        )
     return [eos] if isinstance(eos, int) else list(eos)
 
 
@@ -77,8 +108,8 @@ def _pad_left(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for k, s in enumerate(seqs):
-        ids[k, width - len(s):] = torch.tensor(s, dtype=torch.long)
-        mask[k, width - len(s):] = 1
+        ids[k, width - len(s) :] = torch.tensor(s, dtype=torch.long)
+        mask[k, width - len(s) :] = 1
     return ids, mask
 
 

@@ -10,6 +10,7 @@ An attack succeeds by the response-reading judge (its verdict, ``eval/judge.py``
 by refusal match (no refusal marker and a few words): both counts are kept, with their n, so that
 a report can put a Wilson interval on every rate.
 """
+
 from __future__ import annotations
 
 import random
@@ -36,13 +37,26 @@ class HeldOut:
     dropped: list[str] = field(default_factory=list)  # AdvBench near-duplicates of training prompts
 
     def sizes(self) -> dict:
-        return {"harmbench": len(self.harmbench), "advbench": len(self.advbench),
-                "utility": len(self.task), "benign": len(self.benign), "lookalike": len(self.lookalike)}
+        return {
+            "harmbench": len(self.harmbench),
+            "advbench": len(self.advbench),
+            "utility": len(self.task),
+            "benign": len(self.benign),
+            "lookalike": len(self.lookalike),
+        }
 
 
-def held_out(harmbench: Sequence[str], benign: Sequence[str], training: Sequence[str], *,
-             n_advbench: int, n_task: int, n_lookalike: int | None = None, seed: int = 0,
-             encoder=None) -> HeldOut:
+def held_out(
+    harmbench: Sequence[str],
+    benign: Sequence[str],
+    training: Sequence[str],
+    *,
+    n_advbench: int,
+    n_task: int,
+    n_lookalike: int | None = None,
+    seed: int = 0,
+    encoder=None,
+) -> HeldOut:
     """The evaluation sets, AdvBench drawn once by ``seed`` and checked against ``training``."""
     advbench = advbench_prompts()
     random.Random(f"advbench-{seed}").shuffle(advbench)
@@ -53,12 +67,19 @@ def held_out(harmbench: Sequence[str], benign: Sequence[str], training: Sequence
             break
         (dropped if k in near else keep).append(item)
     looks = lookalike_prompts("test", seed)
-    return HeldOut(list(harmbench), keep, utility_task("test", n_task, seed), list(benign),
-                   looks if n_lookalike is None else looks[:n_lookalike], [p for p, _ in dropped])
+    return HeldOut(
+        list(harmbench),
+        keep,
+        utility_task("test", n_task, seed),
+        list(benign),
+        looks if n_lookalike is None else looks[:n_lookalike],
+        [p for p, _ in dropped],
+    )
 
 
-def near_duplicates(candidates: Sequence[str], training: Sequence[str], encoder=None,
-                    threshold: float = NEAR_DUPLICATE) -> set[int]:
+def near_duplicates(
+    candidates: Sequence[str], training: Sequence[str], encoder=None, threshold: float = NEAR_DUPLICATE
+) -> set[int]:
     """Indices of ``candidates`` whose embedding is within ``threshold`` cosine of a training one."""
     if not candidates or not training:
         return set()
@@ -70,29 +91,31 @@ def near_duplicates(candidates: Sequence[str], training: Sequence[str], encoder=
     return set((a @ b.T).amax(1).ge(threshold).nonzero()[:, 0].tolist())
 
 
-def evaluate(model, tokenizer, sets: HeldOut, judge, *, max_new_tokens: int = 64,
-             batch_size: int = 16) -> tuple[dict, list[dict]]:
+def evaluate(
+    model, tokenizer, sets: HeldOut, judge, *, max_new_tokens: int = 64, batch_size: int = 16
+) -> tuple[dict, list[dict]]:
     """Counts per set (successes by judge and by refusal match, correct answers, refusals, each
     with its n) and every generation with its verdicts, for the samples file.
 
     Task answers are a few tokens and a refusal shows in the first sentence, so those sets
     generate at most 24 and 32 new tokens; the attack sets ``max_new_tokens``.
     """
+
     def gen(prompts, n, desc):
-        return generate(model, tokenizer, prompts, max_new_tokens=min(n, max_new_tokens),
-                        batch_size=batch_size, desc=desc)
+        return generate(
+            model, tokenizer, prompts, max_new_tokens=min(n, max_new_tokens), batch_size=batch_size, desc=desc
+        )
 
     out, samples = {}, []
     for name, prompts in (("harmbench", sets.harmbench), ("advbench", [p for p, _ in sets.advbench])):
-        asr = attack_success_rate(prompts, gen(prompts, max_new_tokens, name), judge,
-                                  threshold=judge.threshold)
+        asr = attack_success_rate(prompts, gen(prompts, max_new_tokens, name), judge, threshold=judge.threshold)
         out[name] = {"n": asr["n"], "judge": asr["successes_critic"], "refusal": asr["successes_refusal"]}
         records = asr["records"]
         for r in records:
             r["judge_score"], r["success_judge"] = r.pop("critic_score"), r.pop("success_critic")
         samples += [{"set": name, **r} for r in records]
     by_category: dict[str, dict] = {}
-    for (_, category), r in zip(sets.advbench, samples[-len(sets.advbench):] if sets.advbench else []):
+    for (_, category), r in zip(sets.advbench, samples[-len(sets.advbench) :] if sets.advbench else []):
         c = by_category.setdefault(category, {"n": 0, "judge": 0, "refusal": 0})
         c["n"] += 1
         c["judge"] += int(r["success_judge"])
@@ -106,4 +129,3 @@ def evaluate(model, tokenizer, sets: HeldOut, judge, *, max_new_tokens: int = 64
         out[name] = {"n": over["n"], "refused": over["refusals"]}
         samples += [{"set": name, **r} for r in over["records"]]
     return out, samples
-

@@ -7,6 +7,7 @@ Bad input (a missing file, a line that is not JSON, a missing or non-string fiel
 ends with one line ``saferegx judge score: error: FILE:LINE: ...`` on stderr and exit code 2,
 before any model is loaded.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,26 +20,38 @@ from ..usage import UsageError
 
 def add_parser(sub) -> None:
     """Register ``judge score`` and ``judge eval`` under the top-level subparsers."""
-    judge = sub.add_parser("judge", help="score responses with the response judge, or compare judges",
-                           description="The response-reading judge: did a response take a "
-                                       "harmful request up? (docs/judge.md)")
+    judge = sub.add_parser(
+        "judge",
+        help="score responses with the response judge, or compare judges",
+        description="The response-reading judge: did a response take a harmful request up? (docs/judge.md)",
+    )
     cmds = judge.add_subparsers(dest="judge_command", required=True)
-    score = cmds.add_parser("score", help="one {\"harmful\", \"score\"} JSON line per input line",
-                            description="Score each line of a JSONL file of {\"prompt\", "
-                                        "\"response\"} objects; prints one JSON line per input "
-                                        "line, in order. The first run fits the judge (a minute "
-                                        "or more) and caches it.")
+    score = cmds.add_parser(
+        "score",
+        help='one {"harmful", "score"} JSON line per input line',
+        description='Score each line of a JSONL file of {"prompt", '
+        '"response"} objects; prints one JSON line per input '
+        "line, in order. The first run fits the judge (a minute "
+        "or more) and caches it.",
+    )
     score.add_argument("file", type=Path, help="JSONL file, or - for standard input")
-    score.add_argument("--threshold", type=float, default=None,
-                       help="harmful when score > this (default: the judge's, 0.5)")
+    score.add_argument(
+        "--threshold", type=float, default=None, help="harmful when score > this (default: the judge's, 0.5)"
+    )
     score.add_argument("--seed", type=int, default=0, help="the judge's split seed (default 0)")
-    ev = cmds.add_parser("eval", help="agreement of every judge with held-out labels (Markdown)",
-                         description="Accuracy, F1 and Cohen's kappa with 95% intervals of "
-                                     "refusal match, the embedded critic, LMJudge on SmolLM2 and "
-                                     "the response judge, on the held-out human labels and the "
-                                     "demo-style labels.")
-    ev.add_argument("--judges", default="refusal,critic,lm,judge",
-                    help="comma-separated subset of refusal, critic, lm, judge (default: all)")
+    ev = cmds.add_parser(
+        "eval",
+        help="agreement of every judge with held-out labels (Markdown)",
+        description="Accuracy, F1 and Cohen's kappa with 95% intervals of "
+        "refusal match, the embedded critic, LMJudge on SmolLM2 and "
+        "the response judge, on the held-out human labels and the "
+        "demo-style labels.",
+    )
+    ev.add_argument(
+        "--judges",
+        default="refusal,critic,lm,judge",
+        help="comma-separated subset of refusal, critic, lm, judge (default: all)",
+    )
     ev.add_argument("--seed", type=int, default=0, help="split and bootstrap seed (default 0)")
 
 
@@ -75,8 +88,7 @@ def read_pairs(path: Path) -> tuple[list[str], list[str]]:
         except UnicodeDecodeError as e:
             raise UsageError(f"{where}: not UTF-8 text ({e.reason})") from None
         if not line.strip():
-            raise UsageError(f"{where}: blank line (every line must be a JSON object with "
-                             "\"prompt\" and \"response\")")
+            raise UsageError(f'{where}: blank line (every line must be a JSON object with "prompt" and "response")')
         try:
             record = json.loads(line)
         except json.JSONDecodeError as e:
@@ -85,10 +97,9 @@ def read_pairs(path: Path) -> tuple[list[str], list[str]]:
             raise UsageError(f"{where}: expected a JSON object, got {type(record).__name__}")
         for field in ("prompt", "response"):
             if field not in record:
-                raise UsageError(f"{where}: missing \"{field}\"")
+                raise UsageError(f'{where}: missing "{field}"')
             if not isinstance(record[field], str):
-                raise UsageError(f"{where}: \"{field}\" must be a string, got "
-                                 f"{type(record[field]).__name__}")
+                raise UsageError(f'{where}: "{field}" must be a string, got {type(record[field]).__name__}')
         prompts.append(record["prompt"])
         responses.append(record["response"])
     if not prompts:
@@ -118,7 +129,6 @@ def evaluate(args: argparse.Namespace) -> int:
     judges = [j.strip() for j in args.judges.split(",") if j.strip()]
     unknown = [j for j in judges if j not in JUDGES]
     if unknown or not judges:
-        raise UsageError(f"--judges: unknown {', '.join(unknown) or '(none given)'}; "
-                         f"choose from {', '.join(JUDGES)}")
+        raise UsageError(f"--judges: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(JUDGES)}")
     print(agreement_markdown(compare_judges(args.seed, judges)))
     return 0

@@ -8,6 +8,7 @@ arm) and ``asr_utility.png`` (ASR against utility with interval bars, one labell
 the method should sit low and to the right). Figures use matplotlib's object API, not pyplot, so no
 global backend is chosen and nothing needs a display.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,13 +19,15 @@ from pathlib import Path
 from .stats import wilson
 
 # (column, heading, set, count): the rate is results[arm][set][count] / results[arm][set]["n"]
-COLUMNS = (("harmbench_judge", "HarmBench ASR (judge)", "harmbench", "judge"),
-           ("harmbench_refusal", "HarmBench ASR (refusal match)", "harmbench", "refusal"),
-           ("advbench_judge", "AdvBench ASR (judge)", "advbench", "judge"),
-           ("advbench_refusal", "AdvBench ASR (refusal match)", "advbench", "refusal"),
-           ("utility", "utility (exact match)", "utility", "correct"),
-           ("over_refusal", "over-refusal", "benign", "refused"),
-           ("over_refusal_lookalike", "over-refusal (look-alikes)", "lookalike", "refused"))
+COLUMNS = (
+    ("harmbench_judge", "HarmBench ASR (judge)", "harmbench", "judge"),
+    ("harmbench_refusal", "HarmBench ASR (refusal match)", "harmbench", "refusal"),
+    ("advbench_judge", "AdvBench ASR (judge)", "advbench", "judge"),
+    ("advbench_refusal", "AdvBench ASR (refusal match)", "advbench", "refusal"),
+    ("utility", "utility (exact match)", "utility", "correct"),
+    ("over_refusal", "over-refusal", "benign", "refused"),
+    ("over_refusal_lookalike", "over-refusal (look-alikes)", "lookalike", "refused"),
+)
 CURVES = (("loss", "loss"), ("kl", "KL(ref || policy)"), ("beta", "beta"))
 
 
@@ -42,9 +45,15 @@ def rates(results: Mapping[str, Mapping]) -> dict[str, dict[str, dict]]:
     return out
 
 
-def write_report(out_dir: str | Path, results: Mapping[str, Mapping],
-                 logs: Mapping[str, str | Path | Sequence[Mapping]] | None = None, *,
-                 title: str = "saferegx demo", notes: str = "", extra: Mapping | None = None) -> str:
+def write_report(
+    out_dir: str | Path,
+    results: Mapping[str, Mapping],
+    logs: Mapping[str, str | Path | Sequence[Mapping]] | None = None,
+    *,
+    title: str = "saferegx demo",
+    notes: str = "",
+    extra: Mapping | None = None,
+) -> str:
     """Write the report for ``results`` (arm -> ``{set: {"n", count...}}`` as from
     ``eval.heldout.evaluate``, plus an optional ``gated_out`` fraction) and training ``logs``
     (arm -> JSONL path or list of ``{step, loss, ce, kl, beta, risk}``) into ``out_dir``.
@@ -56,16 +65,26 @@ def write_report(out_dir: str | Path, results: Mapping[str, Mapping],
         raise ValueError("results is empty: nothing to report")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    curves = {arm: read_metrics(log) if isinstance(log, (str, Path)) else list(log)
-              for arm, log in (logs or {}).items()}
+    curves = {
+        arm: read_metrics(log) if isinstance(log, (str, Path)) else list(log) for arm, log in (logs or {}).items()
+    }
     table = markdown_table(results)
     colors = arm_colors([*results, *curves])
     plot_curves(curves, out / "curves.png", colors)
     plot_tradeoff(results, out / "asr_utility.png", colors)
-    (out / "results.json").write_text(json.dumps(
-        {"results": results, "rates": rates(results), **(extra or {}),
-         "logs": {a: str(log) if isinstance(log, (str, Path)) else None for a, log in (logs or {}).items()}},
-        indent=2, default=str) + "\n")
+    (out / "results.json").write_text(
+        json.dumps(
+            {
+                "results": results,
+                "rates": rates(results),
+                **(extra or {}),
+                "logs": {a: str(log) if isinstance(log, (str, Path)) else None for a, log in (logs or {}).items()},
+            },
+            indent=2,
+            default=str,
+        )
+        + "\n"
+    )
     (out / "report.md").write_text(
         f"# {title}\n\n{table}\n\n{notes}\n\n"
         "Every rate is given with its Wilson 95% interval. ASR: share of harmful prompts whose "
@@ -76,15 +95,18 @@ def write_report(out_dir: str | Path, results: Mapping[str, Mapping],
         "whose beta fell below the KL gate (no reference work, beta 0).\n\n"
         f"{category_table(results)}\n\n"
         "## Safety against utility\n\n![ASR against utility](asr_utility.png)\n\n"
-        "## Training curves\n\n![loss, KL and beta against step](curves.png)\n")
+        "## Training curves\n\n![loss, KL and beta against step](curves.png)\n"
+    )
     return table + (f"\n\n{notes}" if notes else "")
 
 
 def markdown_table(results: Mapping[str, Mapping]) -> str:
     """One row per arm, each rate as a percentage with its interval, in the order given."""
     r = rates(results)
-    lines = ["| arm | " + " | ".join(h for _, h, _, _ in COLUMNS) + " | gated out |",
-             "|---|" + "---:|" * (len(COLUMNS) + 1)]
+    lines = [
+        "| arm | " + " | ".join(h for _, h, _, _ in COLUMNS) + " | gated out |",
+        "|---|" + "---:|" * (len(COLUMNS) + 1),
+    ]
     for arm, row in results.items():
         cells = [_cell(r[arm].get(column)) for column, _, _, _ in COLUMNS]
         gated = row.get("gated_out")
@@ -98,14 +120,17 @@ def category_table(results: Mapping[str, Mapping]) -> str:
     if not arms:
         return ""
     categories = list(results[arms[0]]["advbench"]["by_category"])
-    lines = ["## AdvBench ASR (judge) by harm category", "",
-             "| category | n | " + " | ".join(arms) + " |", "|---|---:|" + "---:|" * len(arms)]
+    lines = [
+        "## AdvBench ASR (judge) by harm category",
+        "",
+        "| category | n | " + " | ".join(arms) + " |",
+        "|---|---:|" + "---:|" * len(arms),
+    ]
     for c in categories:
         cells = []
         for arm in arms:
             row = results[arm]["advbench"]["by_category"].get(c)
-            cells.append(_cell(dict(zip(("rate", "low", "high"), wilson(row["judge"], row["n"]))))
-                         if row else "-")
+            cells.append(_cell(dict(zip(("rate", "low", "high"), wilson(row["judge"], row["n"])))) if row else "-")
         n = results[arms[0]]["advbench"]["by_category"][c]["n"]
         lines.append(f"| {c} | {n} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -123,7 +148,7 @@ def read_metrics(path: str | Path) -> list[dict]:
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{lineno}: not JSON ({e.msg})") from None
             if not isinstance(record, dict) or "step" not in record:
-                raise ValueError(f"{path}:{lineno}: expected an object with a \"step\"")
+                raise ValueError(f'{path}:{lineno}: expected an object with a "step"')
             records.append(record)
     return records
 
@@ -133,8 +158,9 @@ def arm_colors(arms: Sequence[str]) -> dict[str, str]:
     return {arm: f"C{k % 10}" for k, arm in enumerate(dict.fromkeys(arms))}
 
 
-def plot_curves(curves: Mapping[str, Sequence[Mapping]], path: str | Path,
-                colors: Mapping[str, str] | None = None) -> None:
+def plot_curves(
+    curves: Mapping[str, Sequence[Mapping]], path: str | Path, colors: Mapping[str, str] | None = None
+) -> None:
     """Loss, KL and beta against step, one line per arm; an arm lacking a field is left out."""
     from matplotlib.figure import Figure
 
@@ -155,8 +181,7 @@ def plot_curves(curves: Mapping[str, Sequence[Mapping]], path: str | Path,
     fig.savefig(path, dpi=110)
 
 
-def plot_tradeoff(results: Mapping[str, Mapping], path: str | Path,
-                  colors: Mapping[str, str] | None = None) -> None:
+def plot_tradeoff(results: Mapping[str, Mapping], path: str | Path, colors: Mapping[str, str] | None = None) -> None:
     """ASR by the judge (AdvBench filled, HarmBench hollow) against utility, with the Wilson
     intervals as bars, one labelled point per arm."""
     from matplotlib.figure import Figure
@@ -174,18 +199,28 @@ def plot_tradeoff(results: Mapping[str, Mapping], path: str | Path,
             y = r[arm].get(column)
             if y is None or not _finite(y["rate"]):
                 continue
-            ax.errorbar([100 * x["rate"]], [100 * y["rate"]],
-                        xerr=[[100 * (x["rate"] - x["low"])], [100 * (x["high"] - x["rate"])]],
-                        yerr=[[100 * (y["rate"] - y["low"])], [100 * (y["high"] - y["rate"])]],
-                        fmt="o", color=colors[arm], mfc=colors[arm] if filled else "none",
-                        ms=7, capsize=2, lw=0.8)
+            ax.errorbar(
+                [100 * x["rate"]],
+                [100 * y["rate"]],
+                xerr=[[100 * (x["rate"] - x["low"])], [100 * (x["high"] - x["rate"])]],
+                yerr=[[100 * (y["rate"] - y["low"])], [100 * (y["high"] - y["rate"])]],
+                fmt="o",
+                color=colors[arm],
+                mfc=colors[arm] if filled else "none",
+                ms=7,
+                capsize=2,
+                lw=0.8,
+            )
             label_at = label_at or (100 * x["rate"], 100 * y["rate"])
         if label_at:
-            ax.annotate(arm, label_at, textcoords="offset points", xytext=(6, 4), fontsize=9,
-                        color=colors[arm])
-    ax.set(xlabel="utility, exact match (%)", ylabel="attack success rate by the judge (%)",
-           xlim=(-5, 105), ylim=(-5, 105),
-           title="safety vs utility (filled: AdvBench, hollow: HarmBench; 95% intervals)")
+            ax.annotate(arm, label_at, textcoords="offset points", xytext=(6, 4), fontsize=9, color=colors[arm])
+    ax.set(
+        xlabel="utility, exact match (%)",
+        ylabel="attack success rate by the judge (%)",
+        xlim=(-5, 105),
+        ylim=(-5, 105),
+        title="safety vs utility (filled: AdvBench, hollow: HarmBench; 95% intervals)",
+    )
     ax.grid(alpha=0.3)
     fig.savefig(path, dpi=110)
 

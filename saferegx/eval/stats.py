@@ -12,6 +12,7 @@
 Undefined values are NaN, not 0: F1 when there is no positive in the labels nor in the
 predictions; kappa when chance agreement is 1 (labels and predictions both constant and equal).
 """
+
 from __future__ import annotations
 
 import math
@@ -90,13 +91,21 @@ def cohen_kappa(y_true: Sequence, y_pred: Sequence) -> float:
     return float(_kappa(*_counts(*_pairs(y_true, y_pred))))
 
 
-_STATS: dict[str, Callable] = {"f1": _f1, "kappa": _kappa,
-                               "accuracy": lambda tp, fp, fn, tn: (tp + tn) / (tp + fp + fn + tn)}
+_STATS: dict[str, Callable] = {
+    "f1": _f1,
+    "kappa": _kappa,
+    "accuracy": lambda tp, fp, fn, tn: (tp + tn) / (tp + fp + fn + tn),
+}
 
 
-def bootstrap_interval(y_true: Sequence, y_pred: Sequence, statistic: str = "kappa",
-                       confidence: float = 0.95, n_resamples: int = 2000,
-                       seed: int = 0) -> tuple[float, float]:
+def bootstrap_interval(
+    y_true: Sequence,
+    y_pred: Sequence,
+    statistic: str = "kappa",
+    confidence: float = 0.95,
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> tuple[float, float]:
     """Percentile bootstrap ``(low, high)`` of ``statistic`` (``"f1"``, ``"kappa"`` or
     ``"accuracy"``), resampling (label, prediction) pairs with replacement; seeded, so the same
     inputs give the same interval. Resamples where the statistic is undefined are skipped."""
@@ -116,18 +125,26 @@ def bootstrap_interval(y_true: Sequence, y_pred: Sequence, statistic: str = "kap
     return float(low), float(high)
 
 
-def agreement(y_true: Sequence, y_pred: Sequence, confidence: float = 0.95,
-              n_resamples: int = 2000, seed: int = 0) -> dict:
+def agreement(
+    y_true: Sequence, y_pred: Sequence, confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0
+) -> dict:
     """A judge's agreement with labels (1 = successful attack): ``n``, ``tp fp fn tn``,
     ``accuracy`` with its Wilson interval, ``f1`` and ``kappa`` with seeded bootstrap intervals;
     each interval as ``<name>_low`` / ``<name>_high``."""
     t, p = _pairs(y_true, y_pred)
     tp, fp, fn, tn = (int(v) for v in _counts(t, p))
     acc, acc_lo, acc_hi = wilson(tp + tn, t.size, confidence)
-    out = {"n": int(t.size), "tp": tp, "fp": fp, "fn": fn, "tn": tn,
-           "accuracy": acc, "accuracy_low": acc_lo, "accuracy_high": acc_hi}
+    out = {
+        "n": int(t.size),
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "tn": tn,
+        "accuracy": acc,
+        "accuracy_low": acc_lo,
+        "accuracy_high": acc_hi,
+    }
     for name in ("f1", "kappa"):
         out[name] = float(_STATS[name](tp, fp, fn, tn))
-        out[f"{name}_low"], out[f"{name}_high"] = bootstrap_interval(
-            t, p, name, confidence, n_resamples, seed)
+        out[f"{name}_low"], out[f"{name}_high"] = bootstrap_interval(t, p, name, confidence, n_resamples, seed)
     return out

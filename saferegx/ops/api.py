@@ -1,4 +1,5 @@
 """saferegx.safety_loss: argument checks, the result type and the choice of backend."""
+
 import os
 from typing import NamedTuple
 
@@ -41,30 +42,50 @@ def safety_loss(
     (C++), ``triton``, ``cuda`` or ``unfused`` (plain PyTorch: it holds the [N, V] logits, the
     baseline); see ``saferegx.ops.registry``.
     """
-    _check(hidden, weight, labels, ref_hidden, ce_weight, kl_weight, ref_weight, kl, ignore_index,
-           reduction, backend)
+    _check(hidden, weight, labels, ref_hidden, ce_weight, kl_weight, ref_weight, kl, ignore_index, reduction, backend)
     consts = [None if t is None else t.detach() for t in (ref_hidden, ce_weight, kl_weight)]
     ref_head = None if ref_weight is None or ref_weight is weight else ref_weight.detach()
     args = (labels, *consts, ref_head, kl, ignore_index, reduction)
-    name = _choose_backend(backend, hidden,
-                           tune=lambda candidates: _tune(candidates, hidden, weight, args))
+    name = _choose_backend(backend, hidden, tune=lambda candidates: _tune(candidates, hidden, weight, args))
     return _compute(name, hidden, weight, *args)
 
 
-def _compute(name, hidden, weight, labels, ref_hidden, ce_weight, kl_weight, ref_head, kl,
-             ignore_index, reduction) -> SafetyLoss:
+def _compute(
+    name, hidden, weight, labels, ref_hidden, ce_weight, kl_weight, ref_head, kl, ignore_index, reduction
+) -> SafetyLoss:
     """The op on checked arguments with `name` a concrete backend; constants already detached."""
     backend = registry.get(name)
     if not backend.fused:
-        return SafetyLoss(*safety_loss_unfused(
-            hidden, weight, labels, ref_hidden, ce_weight=ce_weight, kl_weight=kl_weight,
-            ref_weight=ref_head, kl=kl, ignore_index=ignore_index, reduction=reduction))
+        return SafetyLoss(
+            *safety_loss_unfused(
+                hidden,
+                weight,
+                labels,
+                ref_hidden,
+                ce_weight=ce_weight,
+                kl_weight=kl_weight,
+                ref_weight=ref_head,
+                kl=kl,
+                ignore_index=ignore_index,
+                reduction=reduction,
+            )
+        )
     scalar = reduction != "none"
     grad_on = torch.is_grad_enabled()
     out = backend.loss_op()(
-        hidden, weight, labels, ref_hidden, ref_head, ce_weight, kl_weight, library.KL_MODES[kl],
-        ignore_index, library.REDUCTIONS[reduction], scalar and grad_on and hidden.requires_grad,
-        scalar and grad_on and weight.requires_grad)
+        hidden,
+        weight,
+        labels,
+        ref_hidden,
+        ref_head,
+        ce_weight,
+        kl_weight,
+        library.KL_MODES[kl],
+        ignore_index,
+        library.REDUCTIONS[reduction],
+        scalar and grad_on and hidden.requires_grad,
+        scalar and grad_on and weight.requires_grad,
+    )
     return SafetyLoss(out[0], out[1], out[2])
 
 
@@ -72,11 +93,15 @@ def _tune(candidates: list[str], hidden: torch.Tensor, weight: torch.Tensor, arg
     """auto's measured pick among `candidates` for this call's problem key (see autotune)."""
     _labels, ref_hidden, _ce_weight, _kl_weight, ref_head, kl, _ignore_index, reduction = args
     grads = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
-    key = autotune.make_key(hidden, weight, separate_ref_head=ref_head is not None,
-                            kl=None if ref_hidden is None else kl, grads=grads,
-                            reduction=reduction)
-    return autotune.pick(candidates, _timing_run(hidden, weight, args, grads), key,
-                         device=hidden.device)
+    key = autotune.make_key(
+        hidden,
+        weight,
+        separate_ref_head=ref_head is not None,
+        kl=None if ref_hidden is None else kl,
+        grads=grads,
+        reduction=reduction,
+    )
+    return autotune.pick(candidates, _timing_run(hidden, weight, args, grads), key, device=hidden.device)
 
 
 def _timing_run(hidden: torch.Tensor, weight: torch.Tensor, args: tuple, grads: bool):
@@ -85,6 +110,7 @@ def _timing_run(hidden: torch.Tensor, weight: torch.Tensor, args: tuple, grads: 
     With `grads`, forward plus backward (autograd.grad on detached leaves: the caller's graph
     is neither run nor extended and no .grad is written); otherwise the forward alone.
     """
+
     def run(name: str) -> None:
         h, w = hidden.detach(), weight.detach()
         wrt = []
@@ -128,8 +154,7 @@ def _choose_backend(backend: str, hidden: torch.Tensor, tune=None) -> str:
     if chosen.ready(device):
         return backend
     if chosen.devices and device.type not in chosen.devices:
-        raise ValueError(f"backend={backend!r} needs {' or '.join(chosen.devices)} tensors; "
-                         f"hidden is on {device}")
+        raise ValueError(f"backend={backend!r} needs {' or '.join(chosen.devices)} tensors; hidden is on {device}")
     why = ""
     if not library.CPP_AVAILABLE:
         from .. import _ext
@@ -138,8 +163,9 @@ def _choose_backend(backend: str, hidden: torch.Tensor, tune=None) -> str:
     raise RuntimeError(f"backend={backend!r} is not available for tensors on {device} here{why}")
 
 
-def _check(hidden, weight, labels, ref_hidden, ce_weight, kl_weight, ref_weight, kl, ignore_index,
-           reduction, backend) -> None:
+def _check(
+    hidden, weight, labels, ref_hidden, ce_weight, kl_weight, ref_weight, kl, ignore_index, reduction, backend
+) -> None:
     """Raises TypeError/ValueError naming the bad argument; never lets garbage reach a kernel."""
     if backend != "auto":
         registry.get(backend)  # ValueError naming the choices
@@ -167,8 +193,12 @@ def _check(hidden, weight, labels, ref_hidden, ce_weight, kl_weight, ref_weight,
     if tuple(labels.shape) != (n,):
         raise ValueError(f"labels must have shape [{n}], got {tuple(labels.shape)}")
     device = hidden.device
-    optional = (("ref_hidden", ref_hidden, (n, d)), ("ref_weight", ref_weight, (v, d)),
-                ("ce_weight", ce_weight, (n,)), ("kl_weight", kl_weight, (n,)))
+    optional = (
+        ("ref_hidden", ref_hidden, (n, d)),
+        ("ref_weight", ref_weight, (v, d)),
+        ("ce_weight", ce_weight, (n,)),
+        ("kl_weight", kl_weight, (n,)),
+    )
     for name, t, _ in (("weight", weight, None), ("labels", labels, None)) + optional:
         if t is None:
             continue

@@ -9,6 +9,7 @@ same op. saferegx.ops.api builds the key (`make_key`) and a run_fn that runs the
 and backward where the caller needs gradients) on the caller's own inputs with an explicit
 backend, so timing never recurses into auto.
 """
+
 import contextlib
 import math
 import os
@@ -67,11 +68,20 @@ def n_bucket(n: int) -> int:
     return 1 << max(n - 1, 0).bit_length()
 
 
-def make_key(hidden: torch.Tensor, weight: torch.Tensor, *, separate_ref_head: bool,
-             kl: str | None, grads: bool, reduction: str) -> Key:
-    return Key(str(hidden.device), hidden.dtype, n_bucket(hidden.shape[0]), hidden.shape[1],
-               weight.shape[0], separate_ref_head, kl, grads,
-               "none" if reduction == "none" else "scalar")
+def make_key(
+    hidden: torch.Tensor, weight: torch.Tensor, *, separate_ref_head: bool, kl: str | None, grads: bool, reduction: str
+) -> Key:
+    return Key(
+        str(hidden.device),
+        hidden.dtype,
+        n_bucket(hidden.shape[0]),
+        hidden.shape[1],
+        weight.shape[0],
+        separate_ref_head,
+        kl,
+        grads,
+        "none" if reduction == "none" else "scalar",
+    )
 
 
 def can_measure(t: torch.Tensor) -> bool:
@@ -88,8 +98,14 @@ def static_default(candidates: Iterable[str]) -> str:
     return STATIC_DEFAULT if STATIC_DEFAULT in candidates else candidates[0]
 
 
-def pick(candidates: Iterable[str], run_fn: Callable[[str], object], key, *,
-         device: torch.device | str = "cpu", repeats: int = REPEATS) -> str:
+def pick(
+    candidates: Iterable[str],
+    run_fn: Callable[[str], object],
+    key,
+    *,
+    device: torch.device | str = "cpu",
+    repeats: int = REPEATS,
+) -> str:
     """The fastest of `candidates` at `run_fn(name)`, measured once per `key` and cached.
 
     `run_fn` must run the whole timed step synchronously from the host's view on CPU; on CUDA it
@@ -128,8 +144,11 @@ def _measure(candidates: list[str], run_fn, device: torch.device, repeats: int, 
                 _sync(device)
                 live.append(name)
             except Exception as e:  # any failure (out of memory, a compile error): the candidate loses
-                warnings.warn(f"saferegx autotune: backend {name!r} failed while timed ({e}); "
-                              f"not chosen for {key}", RuntimeWarning, stacklevel=3)
+                warnings.warn(
+                    f"saferegx autotune: backend {name!r} failed while timed ({e}); not chosen for {key}",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
                 seconds[name], error = math.inf, e
         if not live:
             raise error

@@ -6,6 +6,7 @@ the forward already forms the gradients (for grad_output = 1) and the backward o
 for reduction='none' the backward op recomputes the logit tiles (and each row's log-sum-exp) from
 the saved inputs and the forward's per-row KL.
 """
+
 import torch
 
 # The integer codes of the ops' kl_mode and reduction arguments; C++ and CUDA define the same
@@ -20,8 +21,20 @@ def acc_dtype(t: torch.Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
-def fake_fwd(hidden, weight, labels, ref_hidden, ref_weight, ce_weight, kl_weight, kl_mode,
-             ignore_index, reduction, grad_hidden, grad_weight):
+def fake_fwd(
+    hidden,
+    weight,
+    labels,
+    ref_hidden,
+    ref_weight,
+    ce_weight,
+    kl_weight,
+    kl_mode,
+    ignore_index,
+    reduction,
+    grad_hidden,
+    grad_weight,
+):
     """Shapes and dtypes of safety_loss_fwd's outputs, for fake tensors and torch.compile."""
     n, d = hidden.shape
     v = weight.shape[0]
@@ -31,25 +44,51 @@ def fake_fwd(hidden, weight, labels, ref_hidden, ref_weight, ce_weight, kl_weigh
         return hidden.new_empty(shape, dtype=acc)
 
     loss = new(n) if reduction == REDUCTION_NONE else new()
-    return (loss, new(n), new(n),
-            new(n, d) if grad_hidden else new(0), new(v, d) if grad_weight else new(0))
+    return (loss, new(n), new(n), new(n, d) if grad_hidden else new(0), new(v, d) if grad_weight else new(0))
 
 
-def fake_bwd(grad_rows, hidden, weight, labels, ref_hidden, ref_weight, ce_weight, kl_weight, kl,
-             kl_mode, ignore_index, grad_hidden, grad_weight):
+def fake_bwd(
+    grad_rows,
+    hidden,
+    weight,
+    labels,
+    ref_hidden,
+    ref_weight,
+    ce_weight,
+    kl_weight,
+    kl,
+    kl_mode,
+    ignore_index,
+    grad_hidden,
+    grad_weight,
+):
     """Shapes and dtypes of safety_loss_bwd's outputs."""
     n, d = hidden.shape
     acc = acc_dtype(hidden)
-    return (hidden.new_empty((n, d) if grad_hidden else (0,), dtype=acc),
-            hidden.new_empty((weight.shape[0], d) if grad_weight else (0,), dtype=acc))
+    return (
+        hidden.new_empty((n, d) if grad_hidden else (0,), dtype=acc),
+        hidden.new_empty((weight.shape[0], d) if grad_weight else (0,), dtype=acc),
+    )
 
 
 def register_autograd_for(fwd_name: str, bwd_op) -> None:
     """Attaches the safety loss's backward to the forward op `fwd_name` (any backend)."""
 
     def setup_context(ctx, inputs, output):
-        (hidden, weight, labels, ref_hidden, ref_weight, ce_weight, kl_weight, kl_mode,
-         ignore_index, reduction, grad_hidden, grad_weight) = inputs
+        (
+            hidden,
+            weight,
+            labels,
+            ref_hidden,
+            ref_weight,
+            ce_weight,
+            kl_weight,
+            kl_mode,
+            ignore_index,
+            reduction,
+            grad_hidden,
+            grad_weight,
+        ) = inputs
         _, ce, kl, gh, gw = output
         ctx.mark_non_differentiable(ce, kl, gh, gw)
         ctx.args = (kl_mode, ignore_index)
@@ -57,8 +96,7 @@ def register_autograd_for(fwd_name: str, bwd_op) -> None:
         ctx.dtypes = (hidden.dtype, weight.dtype)
         ctx.formed = (grad_hidden, grad_weight)
         if reduction == REDUCTION_NONE:
-            ctx.save_for_backward(hidden, weight, labels, ref_hidden, ref_weight, ce_weight,
-                                  kl_weight, kl)
+            ctx.save_for_backward(hidden, weight, labels, ref_hidden, ref_weight, ce_weight, kl_weight, kl)
         else:
             ctx.save_for_backward(gh, gw)
 
@@ -73,7 +111,8 @@ def register_autograd_for(fwd_name: str, bwd_op) -> None:
             if (need_h and not ctx.formed[0]) or (need_w and not ctx.formed[1]):
                 raise RuntimeError(
                     "saferegx: the forward was called with grad_hidden/grad_weight=False but a "
-                    "gradient is needed; call saferegx.safety_loss, which sets them")
+                    "gradient is needed; call saferegx.safety_loss, which sets them"
+                )
             gh, gw = ctx.saved_tensors
             scale = grad_loss
         dh = dw = None

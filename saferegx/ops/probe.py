@@ -4,13 +4,20 @@
 at each sequence's last prompt token (pre-generation: causal attention means it saw only the
 prompt), read from the frozen reference forward. The result is fp32 and carries no gradient.
 """
+
 import torch
 
 from . import library, registry
 
 
-def probe_risk(acts: torch.Tensor, positions: torch.Tensor, probe_weight: torch.Tensor,
-               probe_bias: torch.Tensor | float, *, backend: str = "auto") -> torch.Tensor:
+def probe_risk(
+    acts: torch.Tensor,
+    positions: torch.Tensor,
+    probe_weight: torch.Tensor,
+    probe_bias: torch.Tensor | float,
+    *,
+    backend: str = "auto",
+) -> torch.Tensor:
     """Per-sequence risk in [0, 1], ``[B]`` fp32, detached.
 
     ``acts [B, T, D]`` (any float dtype, any strides), ``positions [B]`` integer token indices,
@@ -57,7 +64,7 @@ def _check(acts, positions, weight, bias, backend) -> torch.Tensor:
 
 
 if library.CPP_AVAILABLE:
+
     @torch.library.register_fake("saferegx::probe_risk")
     def _probe_risk_fake(acts, positions, weight, bias):
         return acts.new_empty((acts.shape[0],), dtype=torch.float32)
-

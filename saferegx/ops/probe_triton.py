@@ -1,12 +1,12 @@
 """Triton kernel of saferegx.probe_risk (GPUs; CPU tensors under TRITON_INTERPRET=1)."""
+
 import torch
 import triton
 import triton.language as tl
 
 
 @triton.jit
-def _probe_kernel(acts_ptr, pos_ptr, w_ptr, bias_ptr, out_ptr, stride_b, stride_t, stride_d, D,
-                  BLOCK_D: tl.constexpr):
+def _probe_kernel(acts_ptr, pos_ptr, w_ptr, bias_ptr, out_ptr, stride_b, stride_t, stride_d, D, BLOCK_D: tl.constexpr):
     """One program per sequence: its probe token's row dotted with w in fp32 blocks."""
     b = tl.program_id(0)
     pos = tl.load(pos_ptr + b).to(tl.int64)
@@ -31,14 +31,26 @@ def _run(acts, positions, weight, bias, out, launch=_launch) -> None:
     (scripts/triton_sm90.py records it instead, to compile it for sm_90 ahead of time)."""
     if acts.shape[0]:
         d = acts.shape[2]
-        launch(_probe_kernel, (acts.shape[0],), acts, positions, weight, bias, out,
-               acts.stride(0), acts.stride(1), acts.stride(2), d,
-               BLOCK_D=min(1024, triton.next_power_of_2(max(d, 16))))
+        launch(
+            _probe_kernel,
+            (acts.shape[0],),
+            acts,
+            positions,
+            weight,
+            bias,
+            out,
+            acts.stride(0),
+            acts.stride(1),
+            acts.stride(2),
+            d,
+            BLOCK_D=min(1024, triton.next_power_of_2(max(d, 16))),
+        )
 
 
 @torch.library.triton_op("saferegx::probe_risk_triton", mutates_args=())
-def probe_risk_triton(acts: torch.Tensor, positions: torch.Tensor, weight: torch.Tensor,
-                      bias: torch.Tensor) -> torch.Tensor:
+def probe_risk_triton(
+    acts: torch.Tensor, positions: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
+) -> torch.Tensor:
     """``[B]`` fp32 risks; reads acts through its strides (no copy of a hidden-state slice)."""
     out = acts.new_empty((acts.shape[0],), dtype=torch.float32)
     _run(acts, positions, weight, bias, out)

@@ -32,6 +32,7 @@ matmul backward. float64 is not supported here (TypeError); the C++ backend take
 On CPU tensors the kernels run in Triton's interpreter when TRITON_INTERPRET=1 was set before
 this module was imported (tests only: fp32, small sizes).
 """
+
 from typing import Optional
 
 import torch
@@ -46,9 +47,22 @@ _N_PARTIALS = 6  # max_z, sum_z, max_r, sum_r, kl numerator U, label logit
 
 
 @triton.jit
-def _logit_tiles(h_ptr, g_ptr, w_ptr, wr_ptr, rows, cols, N, V, D,
-                 HAS_REF: tl.constexpr, SHARED: tl.constexpr, BLOCK_N: tl.constexpr,
-                 BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr):
+def _logit_tiles(
+    h_ptr,
+    g_ptr,
+    w_ptr,
+    wr_ptr,
+    rows,
+    cols,
+    N,
+    V,
+    D,
+    HAS_REF: tl.constexpr,
+    SHARED: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     """fp32 tiles z = h[rows] W[cols]^T and r = g[rows] W_ref[cols]^T (0 outside N x V)."""
     row_ok = rows[:, None] < N
     col_ok = cols[:, None] < V
@@ -73,10 +87,24 @@ def _logit_tiles(h_ptr, g_ptr, w_ptr, wr_ptr, rows, cols, N, V, D,
 # N and the split length vary with the batch: specializing on their divisibility by 16 would
 # compile every configuration twice as N changes from step to step, for nothing measurable.
 @triton.jit(do_not_specialize=["N", "blocks_per_split"])
-def _stats_kernel(h_ptr, g_ptr, w_ptr, wr_ptr, labels_ptr, part_ptr, N, V, D,
-                  blocks_per_split,
-                  HAS_REF: tl.constexpr, SHARED: tl.constexpr, REVERSE: tl.constexpr,
-                  BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr):
+def _stats_kernel(
+    h_ptr,
+    g_ptr,
+    w_ptr,
+    wr_ptr,
+    labels_ptr,
+    part_ptr,
+    N,
+    V,
+    D,
+    blocks_per_split,
+    HAS_REF: tl.constexpr,
+    SHARED: tl.constexpr,
+    REVERSE: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     """Online softmax statistics of rows block program_id(0) over vocab split program_id(1)."""
     pid_n = tl.program_id(0)
     split = tl.program_id(1)
@@ -93,8 +121,9 @@ def _stats_kernel(h_ptr, g_ptr, w_ptr, wr_ptr, labels_ptr, part_ptr, N, V, D,
     last = tl.minimum(first + blocks_per_split, tl.cdiv(V, BLOCK_V))
     for vb in range(first, last):
         cols = vb * BLOCK_V + tl.arange(0, BLOCK_V)
-        z, r = _logit_tiles(h_ptr, g_ptr, w_ptr, wr_ptr, rows, cols, N, V, D, HAS_REF, SHARED,
-                            BLOCK_N, BLOCK_V, BLOCK_D)
+        z, r = _logit_tiles(
+            h_ptr, g_ptr, w_ptr, wr_ptr, rows, cols, N, V, D, HAS_REF, SHARED, BLOCK_N, BLOCK_V, BLOCK_D
+        )
         col_ok = (cols < V)[None, :]
         z_label += tl.sum(tl.where(cols[None, :] == labels[:, None], z, 0.0), axis=1)
         new_m_z = tl.maximum(m_z, tl.max(tl.where(col_ok, z, float("-inf")), axis=1))
@@ -105,8 +134,9 @@ def _stats_kernel(h_ptr, g_ptr, w_ptr, wr_ptr, labels_ptr, part_ptr, N, V, D,
             e_r = tl.where(col_ok, tl.exp(r - new_m_r[:, None]), 0.0)
             rescale_r = tl.exp(m_r - new_m_r)
             # earlier terms of U move by -(change of m_b - change of m_a); none on the first block
-            moved = ((new_m_z - tl.where(m_z == float("-inf"), new_m_z, m_z))
-                     - (new_m_r - tl.where(m_r == float("-inf"), new_m_r, m_r)))
+            moved = (new_m_z - tl.where(m_z == float("-inf"), new_m_z, m_z)) - (
+                new_m_r - tl.where(m_r == float("-inf"), new_m_r, m_r)
+            )
             diff = (z - new_m_z[:, None]) - (r - new_m_r[:, None])
             if REVERSE:  # U = sum e^(z - m_z) ((z - m_z) - (r - m_r))
                 u = (u - moved * s_z) * rescale_z + tl.sum(e_z * diff, axis=1)
@@ -128,11 +158,31 @@ def _stats_kernel(h_ptr, g_ptr, w_ptr, wr_ptr, labels_ptr, part_ptr, N, V, D,
 
 
 @triton.jit(do_not_specialize=["N", "ignore_index", "n_row_blocks"])
-def _grad_kernel(h_ptr, g_ptr, w_ptr, wr_ptr, labels_ptr, coef_ptr, lse_ptr, kl_ptr,
-                 dh_ptr, dw_ptr, N, V, D, ignore_index, n_row_blocks,
-                 HAS_REF: tl.constexpr, SHARED: tl.constexpr, REVERSE: tl.constexpr,
-                 GRAD_H: tl.constexpr, GRAD_W: tl.constexpr, BLOCK_N: tl.constexpr,
-                 BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr):
+def _grad_kernel(
+    h_ptr,
+    g_ptr,
+    w_ptr,
+    wr_ptr,
+    labels_ptr,
+    coef_ptr,
+    lse_ptr,
+    kl_ptr,
+    dh_ptr,
+    dw_ptr,
+    N,
+    V,
+    D,
+    ignore_index,
+    n_row_blocks,
+    HAS_REF: tl.constexpr,
+    SHARED: tl.constexpr,
+    REVERSE: tl.constexpr,
+    GRAD_H: tl.constexpr,
+    GRAD_W: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     """dh += dz W and dW += dz^T h for one (row block, vocab block) tile, dz recomputed.
 
     coef_ptr holds [2, N]: the CE and KL coefficients alpha_i s_i and beta_i s_i. lse_ptr holds
@@ -150,8 +200,7 @@ def _grad_kernel(h_ptr, g_ptr, w_ptr, wr_ptr, labels_ptr, coef_ptr, lse_ptr, kl_
     labels = tl.load(labels_ptr + rows, mask=row_in, other=ignore_index)
     ca = tl.load(coef_ptr + rows, mask=row_in, other=0.0)
     cb = tl.load(coef_ptr + N + rows, mask=row_in, other=0.0)
-    z, r = _logit_tiles(h_ptr, g_ptr, w_ptr, wr_ptr, rows, cols, N, V, D, HAS_REF, SHARED,
-                        BLOCK_N, BLOCK_V, BLOCK_D)
+    z, r = _logit_tiles(h_ptr, g_ptr, w_ptr, wr_ptr, rows, cols, N, V, D, HAS_REF, SHARED, BLOCK_N, BLOCK_V, BLOCK_D)
     m_z = tl.load(lse_ptr + rows, mask=row_in, other=0.0)
     l_z = tl.load(lse_ptr + N + rows, mask=row_in, other=0.0)
     log_p = (z - m_z[:, None]) - l_z[:, None]
@@ -177,12 +226,17 @@ def _grad_kernel(h_ptr, g_ptr, w_ptr, wr_ptr, labels_ptr, coef_ptr, lse_ptr, kl_
         d_ok = dd < D
         if GRAD_H:
             w = tl.load(w_ptr + w_off + dd, mask=(cols[:, None] < V) & d_ok, other=0.0)
-            tl.atomic_add(dh_ptr + h_off + dd, tl.dot(dz, w, input_precision="ieee"),
-                          mask=row_in[:, None] & d_ok, sem="relaxed")
+            tl.atomic_add(
+                dh_ptr + h_off + dd, tl.dot(dz, w, input_precision="ieee"), mask=row_in[:, None] & d_ok, sem="relaxed"
+            )
         if GRAD_W:
             h = tl.load(h_ptr + h_off + dd, mask=row_in[:, None] & d_ok, other=0.0)
-            tl.atomic_add(dw_ptr + w_off + dd, tl.dot(tl.trans(dz), h, input_precision="ieee"),
-                          mask=(cols[:, None] < V) & d_ok, sem="relaxed")
+            tl.atomic_add(
+                dw_ptr + w_off + dd,
+                tl.dot(tl.trans(dz), h, input_precision="ieee"),
+                mask=(cols[:, None] < V) & d_ok,
+                sem="relaxed",
+            )
 
 
 def _codes(codes: dict) -> str:
@@ -226,14 +280,28 @@ def _launch(kernel, grid, *args, **kwargs) -> None:
 class _Inputs:
     """Contiguous operands, flags and per-row coefficients shared by the forward and backward."""
 
-    def __init__(self, hidden, weight, labels, ref_hidden, ref_weight, ce_weight, kl_weight,
-                 kl_mode, ignore_index, target=None, launch=_launch):
+    def __init__(
+        self,
+        hidden,
+        weight,
+        labels,
+        ref_hidden,
+        ref_weight,
+        ce_weight,
+        kl_weight,
+        kl_mode,
+        ignore_index,
+        target=None,
+        launch=_launch,
+    ):
         """target: (device type, SM count) to configure the kernels for, default hidden's device;
         launch(kernel, grid, *args, **kwargs) runs each kernel (scripts/triton_sm90.py passes
         ("cuda", 132) and a launcher that records the launches, on meta tensors)."""
         if hidden.dtype not in _DTYPES:
-            raise TypeError(f"the triton backend takes float32/bfloat16/float16 inputs, got "
-                            f"{hidden.dtype}; use backend='cpu' or 'unfused' for float64")
+            raise TypeError(
+                f"the triton backend takes float32/bfloat16/float16 inputs, got "
+                f"{hidden.dtype}; use backend='cpu' or 'unfused' for float64"
+            )
         for name, t in (("weight", weight), ("ref_hidden", ref_hidden), ("ref_weight", ref_weight)):
             if t is not None and t.dtype != hidden.dtype:
                 raise TypeError(f"{name} dtype {t.dtype} differs from hidden dtype {hidden.dtype}")
@@ -257,14 +325,15 @@ class _Inputs:
         else:
             self.beta = ones if kl_weight is None else kl_weight.to(torch.float32)
         self.blocks, self.options, self.programs = (
-            _device_config(hidden.device, hidden.dtype) if target is None
-            else _config(target[0], hidden.dtype, target[1]))
+            _device_config(hidden.device, hidden.dtype)
+            if target is None
+            else _config(target[0], hidden.dtype, target[1])
+        )
         self.run = launch
 
     def flags(self) -> dict:
         """The kernels' constexprs (without a reference the KL direction is moot: one variant)."""
-        return dict(HAS_REF=self.has_ref, SHARED=self.shared,
-                    REVERSE=self.reverse and self.has_ref, **self.blocks)
+        return dict(HAS_REF=self.has_ref, SHARED=self.shared, REVERSE=self.reverse and self.has_ref, **self.blocks)
 
     def row_stats(self):
         """(ce, kl), each [N] fp32 and zero on ignored rows, and the [4, N] lse pairs."""
@@ -275,9 +344,22 @@ class _Inputs:
         splits = triton.cdiv(v_blocks, per_split)
         part = torch.empty((_N_PARTIALS, splits, self.n), device=self.h.device, dtype=torch.float32)
         if self.n:
-            self.run(_stats_kernel, (row_blocks, splits),
-                     self.h, self.g, self.w, self.wr, self.labels, part, self.n, self.v, self.d,
-                     per_split, **self.flags(), **self.options)
+            self.run(
+                _stats_kernel,
+                (row_blocks, splits),
+                self.h,
+                self.g,
+                self.w,
+                self.wr,
+                self.labels,
+                part,
+                self.n,
+                self.v,
+                self.d,
+                per_split,
+                **self.flags(),
+                **self.options,
+            )
         return self._merge(part)
 
     def _merge(self, part):
@@ -313,32 +395,58 @@ class _Inputs:
         dw = torch.zeros((self.v, self.d), **f32) if grad_weight else torch.empty(0, **f32)
         if self.n and (grad_hidden or grad_weight):
             zero = torch.zeros_like(self.alpha)
-            coef = torch.stack([torch.where(self.valid, self.alpha * scale, zero),
-                                torch.where(self.valid, self.beta * scale, zero)])
+            coef = torch.stack(
+                [torch.where(self.valid, self.alpha * scale, zero), torch.where(self.valid, self.beta * scale, zero)]
+            )
             row_blocks = triton.cdiv(self.n, self.blocks["BLOCK_N"])
             grid = (row_blocks * triton.cdiv(self.v, self.blocks["BLOCK_V"]),)
-            self.run(_grad_kernel, grid,
-                     self.h, self.g, self.w, self.wr, self.labels, coef,
-                     lse_pairs.to(torch.float32).contiguous(), kl.to(torch.float32).contiguous(),
-                     dh, dw, self.n, self.v, self.d, self.ignore_index, row_blocks,
-                     GRAD_H=grad_hidden, GRAD_W=grad_weight, **self.flags(), **self.options)
+            self.run(
+                _grad_kernel,
+                grid,
+                self.h,
+                self.g,
+                self.w,
+                self.wr,
+                self.labels,
+                coef,
+                lse_pairs.to(torch.float32).contiguous(),
+                kl.to(torch.float32).contiguous(),
+                dh,
+                dw,
+                self.n,
+                self.v,
+                self.d,
+                self.ignore_index,
+                row_blocks,
+                GRAD_H=grad_hidden,
+                GRAD_W=grad_weight,
+                **self.flags(),
+                **self.options,
+            )
         return dh, dw
 
 
 @triton_op("saferegx::safety_loss_fwd_triton", mutates_args=())
 def _safety_loss_fwd(
-    hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
-    ref_hidden: Optional[torch.Tensor], ref_weight: Optional[torch.Tensor],
-    ce_weight: Optional[torch.Tensor], kl_weight: Optional[torch.Tensor], kl_mode: int,
-    ignore_index: int, reduction: int, grad_hidden: bool, grad_weight: bool,
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    ref_hidden: Optional[torch.Tensor],
+    ref_weight: Optional[torch.Tensor],
+    ce_weight: Optional[torch.Tensor],
+    kl_weight: Optional[torch.Tensor],
+    kl_mode: int,
+    ignore_index: int,
+    reduction: int,
+    grad_hidden: bool,
+    grad_weight: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """saferegx::safety_loss_fwd in Triton (same contract as the C++ op, fp32 outputs)."""
     if reduction not in library.REDUCTIONS.values():
         raise ValueError(f"reduction must be one of {_codes(library.REDUCTIONS)}, got {reduction}")
     if reduction == library.REDUCTIONS["none"] and (grad_hidden or grad_weight):
         raise ValueError("gradients in the forward need a scalar reduction; use safety_loss_bwd")
-    x = _Inputs(hidden, weight, labels, ref_hidden, ref_weight, ce_weight, kl_weight, kl_mode,
-                ignore_index)
+    x = _Inputs(hidden, weight, labels, ref_hidden, ref_weight, ce_weight, kl_weight, kl_mode, ignore_index)
     return _forward(x, reduction, grad_hidden, grad_weight)
 
 
@@ -360,10 +468,19 @@ def _forward(x: _Inputs, reduction: int, grad_hidden: bool, grad_weight: bool):
 
 @triton_op("saferegx::safety_loss_bwd_triton", mutates_args=())
 def _safety_loss_bwd(
-    grad_rows: torch.Tensor, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
-    ref_hidden: Optional[torch.Tensor], ref_weight: Optional[torch.Tensor],
-    ce_weight: Optional[torch.Tensor], kl_weight: Optional[torch.Tensor], kl: torch.Tensor,
-    kl_mode: int, ignore_index: int, grad_hidden: bool, grad_weight: bool,
+    grad_rows: torch.Tensor,
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    ref_hidden: Optional[torch.Tensor],
+    ref_weight: Optional[torch.Tensor],
+    ce_weight: Optional[torch.Tensor],
+    kl_weight: Optional[torch.Tensor],
+    kl: torch.Tensor,
+    kl_mode: int,
+    ignore_index: int,
+    grad_hidden: bool,
+    grad_weight: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """saferegx::safety_loss_bwd in Triton: reduction='none' gradients, tiles recomputed.
 
@@ -371,8 +488,7 @@ def _safety_loss_bwd(
     that keep log p exact at |z| ~ 1e3 with them (the C++ backward re-reads its held tiles
     instead); the forward's kl is not needed. The scalar reductions never come here.
     """
-    x = _Inputs(hidden, weight, labels, ref_hidden, ref_weight, ce_weight, kl_weight, kl_mode,
-                ignore_index)
+    x = _Inputs(hidden, weight, labels, ref_hidden, ref_weight, ce_weight, kl_weight, kl_mode, ignore_index)
     return _backward(x, grad_rows, grad_hidden, grad_weight)
 
 
@@ -386,8 +502,7 @@ def _backward(x: _Inputs, grad_rows: torch.Tensor, grad_hidden: bool, grad_weigh
 # kernels on fake tensors.
 _safety_loss_fwd.register_fake(library.fake_fwd)
 _safety_loss_bwd.register_fake(library.fake_bwd)
-library.register_autograd_for("saferegx::safety_loss_fwd_triton",
-                              torch.ops.saferegx.safety_loss_bwd_triton)
+library.register_autograd_for("saferegx::safety_loss_fwd_triton", torch.ops.saferegx.safety_loss_bwd_triton)
 
 #: The registered forward op, called by saferegx.ops.api for backend="triton".
 safety_loss_fwd = torch.ops.saferegx.safety_loss_fwd_triton

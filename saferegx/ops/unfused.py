@@ -4,6 +4,7 @@
 fused backends are measured against and, run in float64, the test oracle. ``probe_risk_unfused``
 is the probe read in plain torch, the oracle of the ``probe_risk`` kernels.
 """
+
 import torch
 import torch.nn.functional as F
 
@@ -50,8 +51,9 @@ def safety_loss_unfused(
     return loss, ce.detach(), kl_rows.detach()
 
 
-def probe_risk_unfused(acts: torch.Tensor, positions: torch.Tensor, weight: torch.Tensor,
-                       bias: torch.Tensor | float) -> torch.Tensor:
+def probe_risk_unfused(
+    acts: torch.Tensor, positions: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | float
+) -> torch.Tensor:
     """``sigmoid(acts[b, positions[b]] @ weight + bias)``, ``[B]`` fp32, for ``acts [B, T, D]``."""
     rows = torch.arange(acts.shape[0], device=acts.device)
     a = acts[rows, positions].float()

@@ -3,14 +3,16 @@
 Hidden states of LLMs have a few huge outlier dimensions, so features are standardized before the
 LBFGS fit and the scaling is folded back into ``(w, b)``: callers get a plain ``sigmoid(x @ w + b)``.
 """
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
 
-def fit_logistic(x: torch.Tensor, y: torch.Tensor, l2: float = 1e-2,
-                 max_iter: int = 200) -> tuple[torch.Tensor, torch.Tensor]:
+def fit_logistic(
+    x: torch.Tensor, y: torch.Tensor, l2: float = 1e-2, max_iter: int = 200
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Fit ``P(y=1|x) = sigmoid(x @ w + b)``; returns ``(w [D], b [])`` in fp64."""
     x, y = x.detach().double(), y.detach().double().flatten()
     n_pos = y.sum()
@@ -22,8 +24,15 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, l2: float = 1e-2,
     sample_w = torch.where(y > 0, 0.5 / n_pos, 0.5 / (len(y) - n_pos))
     w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
     b = torch.zeros((), dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, tolerance_grad=1e-9,
-                            tolerance_change=1e-12, history_size=20, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        [w, b],
+        lr=1.0,
+        max_iter=max_iter,
+        tolerance_grad=1e-9,
+        tolerance_change=1e-12,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+    )
 
     def closure():
         opt.zero_grad()

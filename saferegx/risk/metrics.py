@@ -1,4 +1,5 @@
 """Detector metrics (AUROC, accuracy, TPR at a fixed FPR), in torch, for probes and critics."""
+
 from __future__ import annotations
 
 import torch

@@ -5,6 +5,7 @@ probe gives a pre-generation risk. Training reads it from the frozen reference p
 anyway for the KL; this module fits the probe, stores it (safetensors with JSON metadata, no
 pickle) and refuses to apply it to a model it was not fitted on.
 """
+
 from __future__ import annotations
 
 import json
@@ -37,8 +38,13 @@ def pool_hidden(hidden: torch.Tensor, attention_mask: torch.Tensor, pool: str) -
     raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
 
 
-def pooled_hidden(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                  layers: Sequence[int], pool: str | tuple[str, ...] = "last"):
+def pooled_hidden(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    layers: Sequence[int],
+    pool: str | tuple[str, ...] = "last",
+):
     """Pooled outputs ``[len(layers), B, D]`` (fp32) of the given decoder layers, from a forward
     that stops at the deepest of them. With a tuple of pools, one forward serves them all:
     returns ``{pool: [len(layers), B, D]}``."""
@@ -50,9 +56,17 @@ def pooled_hidden(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
     return stacked[pool] if isinstance(pool, str) else stacked
 
 
-def prompt_activations(model, tokenizer, prompts: Sequence[str], layers: Sequence[int] | None = None,
-                       pool: str | tuple[str, ...] = "last", batch_size: int = 16,
-                       max_length: int = 128, chat_template: bool = True, progress: bool = False):
+def prompt_activations(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    layers: Sequence[int] | None = None,
+    pool: str | tuple[str, ...] = "last",
+    batch_size: int = 16,
+    max_length: int = 128,
+    chat_template: bool = True,
+    progress: bool = False,
+):
     """Pooled hidden states ``[len(layers), N, D]`` of prompts (all layers by default); with a
     tuple of pools, ``{pool: [len(layers), N, D]}`` from the same forward passes.
 
@@ -67,10 +81,9 @@ def prompt_activations(model, tokenizer, prompts: Sequence[str], layers: Sequenc
     device = next(model.parameters()).device
     pools = (pool,) if isinstance(pool, str) else tuple(pool)
     out = {p: torch.empty(len(layers), len(seqs), model.config.hidden_size) for p in pools}
-    with tqdm(total=len(seqs), desc="activations", unit="prompt", file=sys.stderr,
-              disable=not progress) as bar:
+    with tqdm(total=len(seqs), desc="activations", unit="prompt", file=sys.stderr, disable=not progress) as bar:
         for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
+            idx = order[start : start + batch_size]
             ids, mask = pad_right([seqs[k] for k in idx], pad_id)
             got = pooled_hidden(model, ids.to(device), mask.to(device), layers, pools)
             for p in pools:
@@ -121,12 +134,14 @@ class Probe:
         from safetensors.torch import save_file
 
         meta = {k: v for k, v in asdict(self).items() if k != "weight"}
-        save_file({"weight": self.weight.float().contiguous()}, str(path),
-                  metadata={"saferegx.probe": json.dumps(meta)})
+        save_file(
+            {"weight": self.weight.float().contiguous()}, str(path), metadata={"saferegx.probe": json.dumps(meta)}
+        )
 
     @classmethod
-    def load(cls, path: str | Path, model=None, *, model_name: str | None = None,
-             hidden_size: int | None = None) -> Probe:
+    def load(
+        cls, path: str | Path, model=None, *, model_name: str | None = None, hidden_size: int | None = None
+    ) -> Probe:
         """Load a probe, refusing (``ValueError``) one fitted on another model."""
         from safetensors import safe_open
 
@@ -146,10 +161,20 @@ class Probe:
         return probe
 
 
-def fit_probe(acts: torch.Tensor, labels: torch.Tensor, layers: Sequence[int], *,
-              train_idx: torch.Tensor, val_idx: torch.Tensor, model_name: str, num_layers: int,
-              pool: str = "last", candidates: Sequence[Sequence[int]] | None = None,
-              l2: float = 1e-2, data: str = "") -> Probe:
+def fit_probe(
+    acts: torch.Tensor,
+    labels: torch.Tensor,
+    layers: Sequence[int],
+    *,
+    train_idx: torch.Tensor,
+    val_idx: torch.Tensor,
+    model_name: str,
+    num_layers: int,
+    pool: str = "last",
+    candidates: Sequence[Sequence[int]] | None = None,
+    l2: float = 1e-2,
+    data: str = "",
+) -> Probe:
     """Sweep candidates (single layers by default, or ranges averaged), keep the best by validation
     AUROC, and Platt-calibrate it on the validation split.
 
@@ -169,9 +194,18 @@ def fit_probe(acts: torch.Tensor, labels: torch.Tensor, layers: Sequence[int], *
             best = (score, cand, w, b, val_logits)
     score, cand, w, b, val_logits = best
     a, c = platt(val_logits, labels[val_idx])
-    return Probe(weight=(a * w).float(), bias=float(a * b + c), layers=tuple(cand), pool=pool,
-                 model_name=model_name, hidden_size=acts.shape[-1], num_layers=num_layers,
-                 auroc=score, data=data, sweep=sweep)
+    return Probe(
+        weight=(a * w).float(),
+        bias=float(a * b + c),
+        layers=tuple(cand),
+        pool=pool,
+        model_name=model_name,
+        hidden_size=acts.shape[-1],
+        num_layers=num_layers,
+        auroc=score,
+        data=data,
+        sweep=sweep,
+    )
 
 
 def read_probe(probe: Probe, taps: dict[int, torch.Tensor], prompt_pos: torch.Tensor) -> torch.Tensor:

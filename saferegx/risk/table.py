@@ -6,6 +6,7 @@ stopped at the probe's deepest layer (the blocks above it, the response and the 
 the critic scores the prompt text. ``saferegx audit`` writes the table as JSONL; the trainer
 computes it in a pre-pass (or reads the audit's), so its steps need no probe hook.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -47,8 +48,10 @@ class RiskTable:
             raise ValueError(f"{where}: {len(self)} rows, but the data has {len(prompts)} examples")
         for i, (h, p) in enumerate(zip(self.hashes, prompts)):
             if h != prompt_hash(p):
-                raise ValueError(f"{where}: row {i} is for another prompt than example {i} of the "
-                                 "data (prompt hash differs): the table was written for other data")
+                raise ValueError(
+                    f"{where}: row {i} is for another prompt than example {i} of the "
+                    "data (prompt hash differs): the table was written for other data"
+                )
         if source not in self.risk:
             raise ValueError(f"{where}: no {source!r} risk (it has {', '.join(self.risk) or 'none'})")
 
@@ -82,8 +85,11 @@ class RiskTable:
                     row = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise ValueError(f"{path}:{n}: not JSON ({e.msg})") from None
-                if not isinstance(row, dict) or row.get("index") != len(hashes) \
-                        or not isinstance(row.get("prompt_sha256"), str):
+                if (
+                    not isinstance(row, dict)
+                    or row.get("index") != len(hashes)
+                    or not isinstance(row.get("prompt_sha256"), str)
+                ):
                     raise ValueError(f"{path}:{n}: expected index {len(hashes)} and a prompt_sha256")
                 sources = [s for s in SOURCES if s in row]
                 if not sources or (risk and sorted(sources) != sorted(risk)):
@@ -100,8 +106,16 @@ class RiskTable:
 
 
 @torch.no_grad()
-def probe_risks(probe: Probe, model, prompt_ids: Sequence[Sequence[int]], *, pad_id: int = 0,
-                batch_size: int = 32, bf16: bool = False, progress: bool = False) -> torch.Tensor:
+def probe_risks(
+    probe: Probe,
+    model,
+    prompt_ids: Sequence[Sequence[int]],
+    *,
+    pad_id: int = 0,
+    batch_size: int = 32,
+    bf16: bool = False,
+    progress: bool = False,
+) -> torch.Tensor:
     """Risk ``[n]`` of each prompt (token ids, as the model sees them before answering) under
     ``model`` as the reference (a PEFT model's adapters are disabled), from a forward that stops
     at the probe's deepest layer. The prompts' common beginning (a chat template's system prompt:
@@ -116,13 +130,15 @@ def probe_risks(probe: Probe, model, prompt_ids: Sequence[Sequence[int]], *, pad
     was_training = model.training
     model.eval()
     try:
-        with off, torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16), \
-                tqdm(total=len(order), desc="risk (probe)", unit="prompt", file=sys.stderr,
-                     disable=not progress) as bar:
+        with (
+            off,
+            torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16),
+            tqdm(total=len(order), desc="risk (probe)", unit="prompt", file=sys.stderr, disable=not progress) as bar,
+        ):
             cache, head = prefix_cache(model, prefix, probe.layers) if prefix else (None, {})
             for start in range(0, len(order), batch_size):
-                idx = order[start:start + batch_size]
-                ids, mask = pad_right([prompt_ids[k][len(prefix):] for k in idx], pad_id)
+                idx = order[start : start + batch_size]
+                ids, mask = pad_right([prompt_ids[k][len(prefix) :] for k in idx], pad_id)
                 ids, mask = ids.to(device), mask.to(device)
                 if cache is None:
                     taps = layer_outputs(model, ids, mask, probe.layers)
@@ -153,14 +169,12 @@ def shared_prefix(prompt_ids: Sequence[Sequence[int]], min_length: int = 4) -> l
     return first[:n] if n >= min_length else []
 
 
-def critic_risks(critic, prompts: Sequence[str], *, batch_size: int = 256,
-                 progress: bool = False) -> torch.Tensor:
+def critic_risks(critic, prompts: Sequence[str], *, batch_size: int = 256, progress: bool = False) -> torch.Tensor:
     """Risk ``[n]`` of each prompt from a Safety Critic (its own batching and cache inside)."""
     out = []
-    with tqdm(total=len(prompts), desc="risk (critic)", unit="prompt", file=sys.stderr,
-              disable=not progress) as bar:
+    with tqdm(total=len(prompts), desc="risk (critic)", unit="prompt", file=sys.stderr, disable=not progress) as bar:
         for start in range(0, len(prompts), batch_size):
-            chunk = list(prompts[start:start + batch_size])
+            chunk = list(prompts[start : start + batch_size])
             out.append(critic.score(chunk).float().cpu())
             bar.update(len(chunk))
     return torch.cat(out) if out else torch.empty(0)

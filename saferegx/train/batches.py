@@ -9,6 +9,7 @@ An example is ``{"prompt": str, "response": str}`` with an optional ``"risk": fl
 tokenized as the model sees it before answering (chat template with the generation prompt, the same
 ids the probe was fitted on), the response follows with EOS, and only response tokens carry labels.
 """
+
 from __future__ import annotations
 
 import json
@@ -56,6 +57,7 @@ def load_examples(paths: str | Path | Sequence[str | Path]):
 def tokenize(dataset, tokenizer, max_length: int):
     """``dataset`` with ``input_ids`` and ``n_prompt`` (see :func:`encode`) per row, by a cached
     ``Dataset.map``: the same files, tokenizer and ``max_length`` are tokenized once."""
+
     def fn(batch):
         encoded = [encode(tokenizer, p, r, max_length) for p, r in zip(batch["prompt"], batch["response"])]
         return {"input_ids": [ids for ids, _ in encoded], "n_prompt": [n for _, n in encoded]}
@@ -73,8 +75,7 @@ def _check_example(ex, where: str) -> dict:
         if not isinstance(ex.get(key), str):
             raise ValueError(f"{where}: '{key}' must be a string")
     risk = ex.get("risk")
-    if risk is not None and (isinstance(risk, bool) or not isinstance(risk, (int, float))
-                             or not 0.0 <= risk <= 1.0):
+    if risk is not None and (isinstance(risk, bool) or not isinstance(risk, (int, float)) or not 0.0 <= risk <= 1.0):
         raise ValueError(f"{where}: 'risk' must be a number in [0, 1], got {risk!r}")
     return ex
 
@@ -92,7 +93,7 @@ def encode(tokenizer, prompt: str, response: str, max_length: int) -> tuple[list
     response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     budget = max(max_length - len(prompt_ids), min(len(response_ids), max_length // 2))
     response_ids = response_ids[:budget]
-    prompt_ids = prompt_ids[-(max_length - len(response_ids)):]
+    prompt_ids = prompt_ids[-(max_length - len(response_ids)) :]
     return prompt_ids + response_ids, len(prompt_ids)
 
 
@@ -111,17 +112,16 @@ class Batch:
     responses: list[str]
 
     def to(self, device) -> Batch:
-        tensors = {k: getattr(self, k).to(device) for k in
-                   ("input_ids", "attention_mask", "labels", "prompt_pos", "risk")}
+        tensors = {
+            k: getattr(self, k).to(device) for k in ("input_ids", "attention_mask", "labels", "prompt_pos", "risk")
+        }
         return Batch(**tensors, prompts=self.prompts, responses=self.responses)
 
     def select(self, rows: Sequence[int]) -> Batch:
         """The sub-batch of the given sequences (same width: padding is trimmed by nobody)."""
         index = torch.tensor(list(rows), dtype=torch.long, device=self.input_ids.device)
-        tensors = {k: getattr(self, k)[index] for k in
-                   ("input_ids", "attention_mask", "labels", "prompt_pos", "risk")}
-        return Batch(**tensors, prompts=[self.prompts[i] for i in rows],
-                     responses=[self.responses[i] for i in rows])
+        tensors = {k: getattr(self, k)[index] for k in ("input_ids", "attention_mask", "labels", "prompt_pos", "risk")}
+        return Batch(**tensors, prompts=[self.prompts[i] for i in rows], responses=[self.responses[i] for i in rows])
 
     @property
     def n_tokens(self) -> int:
@@ -132,8 +132,12 @@ class Batch:
 def collate(tokenizer, examples: Sequence[dict], max_length: int) -> Batch:
     """Right-pad examples into a :class:`Batch`, tokenizing those that :func:`tokenize` has not."""
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    encoded = [(ex["input_ids"], ex["n_prompt"]) if "input_ids" in ex
-               else encode(tokenizer, ex["prompt"], ex["response"], max_length) for ex in examples]
+    encoded = [
+        (ex["input_ids"], ex["n_prompt"])
+        if "input_ids" in ex
+        else encode(tokenizer, ex["prompt"], ex["response"], max_length)
+        for ex in examples
+    ]
     width = max(len(ids) for ids, _ in encoded)
     b = len(encoded)
     input_ids = torch.full((b, width), pad_id, dtype=torch.long)
@@ -143,12 +147,20 @@ def collate(tokenizer, examples: Sequence[dict], max_length: int) -> Batch:
         seq = torch.tensor(ids, dtype=torch.long)
         input_ids[k, : len(ids)] = seq
         attention_mask[k, : len(ids)] = 1
-        labels[k, n_prompt - 1: len(ids) - 1] = seq[n_prompt:]  # label t = token t + 1
+        labels[k, n_prompt - 1 : len(ids) - 1] = seq[n_prompt:]  # label t = token t + 1
     prompt_pos = torch.tensor([n_prompt - 1 for _, n_prompt in encoded], dtype=torch.long)
-    risk = torch.tensor([math.nan if ex.get("risk") is None else float(ex["risk"]) for ex in examples],
-                        dtype=torch.float32)
-    return Batch(input_ids, attention_mask, labels, prompt_pos, risk,
-                 [ex["prompt"] for ex in examples], [ex["response"] for ex in examples])
+    risk = torch.tensor(
+        [math.nan if ex.get("risk") is None else float(ex["risk"]) for ex in examples], dtype=torch.float32
+    )
+    return Batch(
+        input_ids,
+        attention_mask,
+        labels,
+        prompt_pos,
+        risk,
+        [ex["prompt"] for ex in examples],
+        [ex["response"] for ex in examples],
+    )
 
 
 class DataOrder:
@@ -179,14 +191,15 @@ class DataOrder:
             self.epoch, self.index = self.epoch + 1, 0
         start = self.index * self.batch_size
         self.index += 1
-        return self.permutation(self.epoch)[start:start + self.batch_size]
+        return self.permutation(self.epoch)[start : start + self.batch_size]
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "index": self.index, "seed": self.seed, "n": self.n,
-                "batch_size": self.batch_size}
+        return {"epoch": self.epoch, "index": self.index, "seed": self.seed, "n": self.n, "batch_size": self.batch_size}
 
     def load_state_dict(self, state: dict) -> None:
         if (state["seed"], state["n"], state["batch_size"]) != (self.seed, self.n, self.batch_size):
-            raise ValueError("checkpoint data order was for another dataset, batch size or seed: "
-                             f"{state}, now n={self.n}, batch_size={self.batch_size}, seed={self.seed}")
+            raise ValueError(
+                "checkpoint data order was for another dataset, batch size or seed: "
+                f"{state}, now n={self.n}, batch_size={self.batch_size}, seed={self.seed}"
+            )
         self.epoch, self.index = state["epoch"], state["index"]

@@ -6,6 +6,7 @@ states, data position, risk-schedule EMA: tensors and plain containers, loaded w
 ``weights_only=True``, so no arbitrary pickle) and ``meta.json`` (step, config). It is written into a
 temporary folder and renamed into place, so a folder named ``step-*`` is always complete.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,16 @@ from . import distributed
 
 _NAME = re.compile(r"^step-(\d+)$")
 # Keys that may change between a run and its resume without changing the result.
-RESUMABLE_CHANGES = {"resume", "checkpoint_every", "keep_checkpoints", "tensorboard", "log_dir",
-                     "progress", "device", "distributed"}  # a checkpoint holds full tensors in any mode
+RESUMABLE_CHANGES = {
+    "resume",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "tensorboard",
+    "log_dir",
+    "progress",
+    "device",
+    "distributed",
+}  # a checkpoint holds full tensors in any mode
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -45,8 +54,7 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save(root: Path, step: int, *, model, optimizer, scheduler, order, schedule, config: dict,
-         keep: int) -> Path:
+def save(root: Path, step: int, *, model, optimizer, scheduler, order, schedule, config: dict, keep: int) -> Path:
     """Write checkpoint ``step`` under ``root`` atomically; keep the newest ``keep``. Under DDP/FSDP
     every process calls it (FSDP gathers its shards) and the main process writes."""
     weights, optimizer_state = distributed.full_weights(model), distributed.full_optimizer_state(optimizer)
@@ -60,9 +68,16 @@ def save(root: Path, step: int, *, model, optimizer, scheduler, order, schedule,
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".tmp-{target.name}-"))
     try:
         save_file({k: v.cpu() for k, v in weights.items()}, str(tmp / "model.safetensors"))
-        torch.save({"optimizer": optimizer_state, "scheduler": scheduler.state_dict(),
-                    "rng": rng_state(), "data": order.state_dict(), "schedule": schedule.state_dict()},
-                   tmp / "state.pt")
+        torch.save(
+            {
+                "optimizer": optimizer_state,
+                "scheduler": scheduler.state_dict(),
+                "rng": rng_state(),
+                "data": order.state_dict(),
+                "schedule": schedule.state_dict(),
+            },
+            tmp / "state.pt",
+        )
         (tmp / "meta.json").write_text(json.dumps({"step": step, "config": config}, indent=1))
         if target.exists():  # a re-run of the same step: replace it
             _discard(target)
@@ -99,17 +114,23 @@ def latest(root: Path) -> Path | None:
 def load(path: Path, *, model, optimizer, scheduler, order, schedule, config: dict) -> int:
     """Restore everything saved at ``path``; returns its step. Refuses a changed config."""
     meta = json.loads((path / "meta.json").read_text())
-    changed = sorted(k for k in set(config) | set(meta["config"])
-                     if k not in RESUMABLE_CHANGES and config.get(k) != meta["config"].get(k))
+    changed = sorted(
+        k
+        for k in set(config) | set(meta["config"])
+        if k not in RESUMABLE_CHANGES and config.get(k) != meta["config"].get(k)
+    )
     if changed:
-        raise ValueError(f"cannot resume from {path}: config key(s) {', '.join(changed)} differ from "
-                         "the checkpoint's; resume with the same config or start a new output_dir")
+        raise ValueError(
+            f"cannot resume from {path}: config key(s) {', '.join(changed)} differ from "
+            "the checkpoint's; resume with the same config or start a new output_dir"
+        )
     weights = load_file(str(path / "model.safetensors"))
     expected = set(trainable_state(model))
     if set(weights) != expected:
         missing, extra = sorted(expected - set(weights)), sorted(set(weights) - expected)
-        raise ValueError(f"{path}: trainable parameters differ from the model's "
-                         f"(missing {missing[:3]}, unexpected {extra[:3]})")
+        raise ValueError(
+            f"{path}: trainable parameters differ from the model's (missing {missing[:3]}, unexpected {extra[:3]})"
+        )
     state = torch.load(path / "state.pt", weights_only=True)
     distributed.load_state(model, optimizer, weights, state["optimizer"])  # FSDP: keeps its shards
     scheduler.load_state_dict(state["scheduler"])

@@ -11,6 +11,7 @@ process); ``fsdp`` shards it with FSDP2 ``fully_shard`` (each decoder layer, the
 models whose weights do not fit one device; ``auto`` is ``ddp`` when launched with more than one
 process, else ``none``. Outside a launcher every helper here is the single-process identity.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -37,11 +38,15 @@ def mode(cfg: TrainConfig) -> str:
     if cfg.distributed == "auto":
         return "ddp" if size > 1 else "none"
     if cfg.distributed == "none" and size > 1:
-        raise ValueError(f"config key 'distributed' is 'none' but {size} processes were launched: each "
-                         "would train alone on all data; use auto, ddp or fsdp")
+        raise ValueError(
+            f"config key 'distributed' is 'none' but {size} processes were launched: each "
+            "would train alone on all data; use auto, ddp or fsdp"
+        )
     if cfg.distributed != "none" and not launched():
-        raise ValueError(f"config key 'distributed' is {cfg.distributed!r} but this process was not "
-                         "started by torchrun or accelerate launch (WORLD_SIZE is not set)")
+        raise ValueError(
+            f"config key 'distributed' is {cfg.distributed!r} but this process was not "
+            "started by torchrun or accelerate launch (WORLD_SIZE is not set)"
+        )
     return cfg.distributed
 
 
@@ -92,7 +97,7 @@ def shard(indices: list[int]) -> list[int]:
     """This process's share of a global micro-batch: every ``world_size``-th example from its rank.
     Shares differ by at most one example; one is empty when the batch has fewer examples than
     processes (the loop then runs an example that counts for nothing, see loop.py)."""
-    return indices[rank()::world_size()]
+    return indices[rank() :: world_size()]
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
@@ -110,8 +115,9 @@ def mean(values: torch.Tensor) -> torch.Tensor:
     batch's mean risk; summed in float64 so it matches one process's ``values.mean()`` to rounding."""
     if not dist.is_initialized():
         return values.mean()
-    total, count = all_reduce_sum(torch.stack([values.double().sum(),
-                                               values.new_tensor(values.numel(), dtype=torch.float64)]))
+    total, count = all_reduce_sum(
+        torch.stack([values.double().sum(), values.new_tensor(values.numel(), dtype=torch.float64)])
+    )
     return (total / count).to(values.dtype)
 
 
@@ -123,8 +129,9 @@ def wrap(model: nn.Module, cfg: TrainConfig, device: torch.device) -> nn.Module:
         from torch.nn.parallel import DistributedDataParallel
 
         # The buffers (rotary tables) are constants: no re-broadcast before every forward.
-        return DistributedDataParallel(policy, device_ids=[device.index] if device.type == "cuda" else None,
-                                       forward_sync_buffers=False)
+        return DistributedDataParallel(
+            policy, device_ids=[device.index] if device.type == "cuda" else None, forward_sync_buffers=False
+        )
     if how == "fsdp":
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
@@ -192,10 +199,18 @@ def load_state(model: nn.Module, optimizer: torch.optim.Optimizer, weights: dict
         for name, w in weights.items():
             params[name].copy_(_like(params[name], w))
     flat = [p for group in optimizer.param_groups for p in group["params"]]  # the state's numbering
-    optimizer.load_state_dict({**state, "state": {
-        i: {k: _like(flat[i], v) if k != "step" and torch.is_tensor(v) and v.shape == flat[i].shape else v
-            for k, v in values.items()}
-        for i, values in state["state"].items()}})
+    optimizer.load_state_dict(
+        {
+            **state,
+            "state": {
+                i: {
+                    k: _like(flat[i], v) if k != "step" and torch.is_tensor(v) and v.shape == flat[i].shape else v
+                    for k, v in values.items()
+                }
+                for i, values in state["state"].items()
+            },
+        }
+    )
 
 
 def _full(t):

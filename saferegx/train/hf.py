@@ -11,6 +11,7 @@ Differences from :func:`saferegx.train.train`: in ``batch`` schedule mode the EM
 micro-batch (HF hands ``compute_loss`` one micro-batch at a time); FSDP/ZeRO-3 are not supported
 (the LM head weight is read outside its module's forward).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,8 +32,9 @@ from .signals import RiskSource
 _BATCH_FIELDS = [f.name for f in dataclasses.fields(Batch)]
 
 
-def policy_hidden(model: nn.Module, policy: nn.Module, input_ids: torch.Tensor,
-                  attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def policy_hidden(
+    model: nn.Module, policy: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(final hidden states [B, T, D], LM head weight [V, D])`` of the policy, with gradients.
 
     ``model`` is what the HF trainer hands ``compute_loss`` (possibly DDP-wrapped), ``policy`` the
@@ -57,8 +59,9 @@ def policy_hidden(model: nn.Module, policy: nn.Module, input_ids: torch.Tensor,
     finally:
         handle.remove()
     if len(captured) != 1:
-        raise RuntimeError(f"the decoder of {type(unwrap(policy)).__name__} ran {len(captured)} times "
-                           "in one forward; expected once")
+        raise RuntimeError(
+            f"the decoder of {type(unwrap(policy)).__name__} ran {len(captured)} times in one forward; expected once"
+        )
     return captured[0], lm_head(policy).weight
 
 
@@ -87,10 +90,20 @@ class SafetyTrainer(Trainer):
 
     loss_is_scaled_for_ga = True  # compute_loss divides by the global token count itself
 
-    def __init__(self, *args, risk: str = "critic", probe: Probe | None = None,
-                 critic: SafetyCritic | None = None, beta: float = 0.5,
-                 schedule: RiskSchedule | None = None, kl: str = "forward", backend: str = "auto",
-                 ref_model: torch.nn.Module | None = None, reference_precision: str = "auto", **kwargs):
+    def __init__(
+        self,
+        *args,
+        risk: str = "critic",
+        probe: Probe | None = None,
+        critic: SafetyCritic | None = None,
+        beta: float = 0.5,
+        schedule: RiskSchedule | None = None,
+        kl: str = "forward",
+        backend: str = "auto",
+        ref_model: torch.nn.Module | None = None,
+        reference_precision: str = "auto",
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         # Our columns (prompts, prompt_pos, risk) are not model.forward arguments; keep them.
         self.args.remove_unused_columns = False
@@ -100,8 +113,7 @@ class SafetyTrainer(Trainer):
         self.schedule = schedule or RiskSchedule()
         self.kl, self.backend = kl, backend
         self.reference_bf16 = reference_in_bf16(reference_precision, self.args.device)
-        self.ref_model = (None if ref_model is None else
-                          ref_model.to(self.args.device).eval().requires_grad_(False))
+        self.ref_model = None if ref_model is None else ref_model.to(self.args.device).eval().requires_grad_(False)
         if self.source.needs_reference and ref_model is None and not hasattr(self.model, "disable_adapter"):
             raise ValueError("SafetyTrainer needs a reference: a PeftModel (adapters disabled) or ref_model=")
         if ref_model is None and hasattr(lm_head(self.model), "lora_A"):
@@ -109,15 +121,25 @@ class SafetyTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         batch = Batch(**{k: inputs[k] for k in _BATCH_FIELDS})
-        loss, res, risk = micro_batch_loss(self, model, batch, self.schedule, num_items_in_batch,
-                                           kl=self.kl, kl_gate=0.0, backend=self.backend)
+        loss, res, risk = micro_batch_loss(
+            self, model, batch, self.schedule, num_items_in_batch, kl=self.kl, kl_gate=0.0, backend=self.backend
+        )
         if return_outputs:
             return loss, {"ce": res.ce, "kl": res.kl, "risk": risk, "beta": res.beta}
         return loss
 
 
-def micro_batch_loss(trainer: Trainer, model, batch: Batch, schedule: RiskSchedule, num_items_in_batch,
-                     *, kl: str, kl_gate: float, backend: str):
+def micro_batch_loss(
+    trainer: Trainer,
+    model,
+    batch: Batch,
+    schedule: RiskSchedule,
+    num_items_in_batch,
+    *,
+    kl: str,
+    kl_gate: float,
+    backend: str,
+):
     """``(loss, terms, risk)`` of one micro-batch of an HF trainer (``SafetyTrainer``,
     ``saferegx.trl.SafeSFTTrainer``): the reference pass (its probe taps read the risk), the
     schedule, the policy's final hidden states and the shared ``risk_weighted_loss``, divided by the
@@ -126,16 +148,27 @@ def micro_batch_loss(trainer: Trainer, model, batch: Batch, schedule: RiskSchedu
     policy = trainer.accelerator.unwrap_model(model)
     ref_hidden, taps = None, {}
     if trainer.source.needs_reference:
-        ref_hidden, taps = reference_pass(policy, trainer.ref_model, batch, trainer.source.layers,
-                                          trainer.reference_bf16)
+        ref_hidden, taps = reference_pass(
+            policy, trainer.ref_model, batch, trainer.source.layers, trainer.reference_bf16
+        )
     risk = trainer.source.risk(batch, taps)
     alpha, beta = trainer.source.weights(risk, batch.input_ids.shape[0], schedule, batch.input_ids.device)
     hidden, head = policy_hidden(model, policy, batch.input_ids, batch.attention_mask)
     rows, labels, seq = response_rows(hidden, batch.labels)
     res = risk_weighted_loss(
-        rows, head, labels, None if ref_hidden is None else response_rows(ref_hidden, batch.labels)[0],
-        seq, alpha, beta, ref_weight=None if trainer.ref_model is None else lm_head(trainer.ref_model).weight,
-        kl=kl, kl_gate=kl_gate, reduction="sum", backend=backend)
+        rows,
+        head,
+        labels,
+        None if ref_hidden is None else response_rows(ref_hidden, batch.labels)[0],
+        seq,
+        alpha,
+        beta,
+        ref_weight=None if trainer.ref_model is None else lm_head(trainer.ref_model).weight,
+        kl=kl,
+        kl_gate=kl_gate,
+        reduction="sum",
+        backend=backend,
+    )
     n = num_items_in_batch if num_items_in_batch is not None else labels.numel()
     loss = res.loss / torch.as_tensor(n, device=res.loss.device).clamp(min=1)
     if trainer.args.average_tokens_across_devices and num_items_in_batch is not None:

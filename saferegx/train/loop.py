@@ -15,6 +15,7 @@ token count, the batch-mode risk and the logged sums are all-reduced, and the lo
 number of processes (DDP and FSDP average gradients), so the step is that of one process on the
 same global batch. Only the main process writes logs and checkpoints (see distributed.py).
 """
+
 from __future__ import annotations
 
 import math
@@ -48,8 +49,8 @@ class NonFiniteLossError(RuntimeError):
 
 @dataclass
 class TrainResult:
-    history: list[dict]       # one record per optimizer step (as in metrics.jsonl)
-    model: torch.nn.Module    # the trained policy (a PeftModel with LoRA)
+    history: list[dict]  # one record per optimizer step (as in metrics.jsonl)
+    model: torch.nn.Module  # the trained policy (a PeftModel with LoRA)
     tokenizer: object
     output_dir: Path
     prepass_seconds: float = 0.0  # the risk pre-pass before step 1 (or reading its table)
@@ -85,8 +86,10 @@ def train(cfg: TrainConfig, *, model=None, tokenizer=None, critic: SafetyCritic 
     ckpt_root = out / "checkpoints"
     resume_from = checkpoint.latest(ckpt_root) if cfg.resume else None
     if not cfg.resume and checkpoint.latest(ckpt_root) is not None:
-        raise ValueError(f"{ckpt_root} holds checkpoints of an earlier run: set resume: true to "
-                         "continue it, or choose another output_dir")
+        raise ValueError(
+            f"{ckpt_root} holds checkpoints of an earlier run: set resume: true to "
+            "continue it, or choose another output_dir"
+        )
 
     # --- data (every line checked before the model loads) --------------------------------------
     examples = load_examples(cfg.data)
@@ -124,19 +127,39 @@ def train(cfg: TrainConfig, *, model=None, tokenizer=None, critic: SafetyCritic 
     params = [p for p in model.parameters() if p.requires_grad]  # after wrap: FSDP swaps in shards
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, partial(warmup_cosine, warmup=cfg.warmup_steps, total=total_steps))
+        optimizer, partial(warmup_cosine, warmup=cfg.warmup_steps, total=total_steps)
+    )
     autocast = partial(torch.autocast, device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
 
     # --- resume -----------------------------------------------------------------------------
     step = 0
     if resume_from is not None:
-        step = checkpoint.load(resume_from, model=model, optimizer=optimizer, scheduler=scheduler,
-                               order=order, schedule=schedule, config=cfg.to_dict())
-    log = MetricsLog(out / "metrics.jsonl", step,
-                     Path(cfg.log_dir or out / "tensorboard") if cfg.tensorboard else None,
-                     write=distributed.is_main())
-    save = partial(checkpoint.save, ckpt_root, model=model, optimizer=optimizer, scheduler=scheduler,
-                   order=order, schedule=schedule, config=cfg.to_dict(), keep=cfg.keep_checkpoints)
+        step = checkpoint.load(
+            resume_from,
+            model=model,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            order=order,
+            schedule=schedule,
+            config=cfg.to_dict(),
+        )
+    log = MetricsLog(
+        out / "metrics.jsonl",
+        step,
+        Path(cfg.log_dir or out / "tensorboard") if cfg.tensorboard else None,
+        write=distributed.is_main(),
+    )
+    save = partial(
+        checkpoint.save,
+        ckpt_root,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        order=order,
+        schedule=schedule,
+        config=cfg.to_dict(),
+        keep=cfg.keep_checkpoints,
+    )
     last_good = resume_from
     # Under FSDP the LoRA reference pass gathers shards with the other processes: all must run it,
     # once per micro-batch (on a stand-in sequence where none of theirs is gated in).
@@ -144,8 +167,7 @@ def train(cfg: TrainConfig, *, model=None, tokenizer=None, critic: SafetyCritic 
     cache = ReferenceCache(0 if collective_ref else cfg.reference_cache_mb)
     world = distributed.world_size()
 
-    bar = tqdm(total=total_steps, initial=step, disable=not cfg.progress or not distributed.is_main(),
-               desc="train")
+    bar = tqdm(total=total_steps, initial=step, disable=not cfg.progress or not distributed.is_main(), desc="train")
     try:
         while step < total_steps:
             t0 = time.perf_counter()
@@ -154,16 +176,18 @@ def train(cfg: TrainConfig, *, model=None, tokenizer=None, critic: SafetyCritic 
             # An empty share (a micro-batch with fewer examples than processes) runs one example
             # whose loss rows are dropped below: DDP and FSDP need every process in every pass.
             micro_ids = [distributed.shard(ids) or ids[:1] for ids in batches]
-            micro = [collate(tokenizer, [examples[i] for i in ids], cfg.max_length).to(device)
-                     for ids in micro_ids]
+            micro = [collate(tokenizer, [examples[i] for i in ids], cfg.max_length).to(device) for ids in micro_ids]
 
             for k, n in enumerate(sizes):
                 if n == 0:  # the stand-in example of an empty share: its loss rows are dropped
                     micro[k].labels.fill_(IGNORE_INDEX)
 
             # 1. risk (from the pre-pass) and weights for the whole optimizer batch, the gate
-            risk = None if risk_of is None else torch.cat(
-                [risk_of[ids[:n]] for ids, n in zip(micro_ids, sizes)]).to(device)
+            risk = (
+                None
+                if risk_of is None
+                else torch.cat([risk_of[ids[:n]] for ids, n in zip(micro_ids, sizes)]).to(device)
+            )
             alpha, beta = source.weights(risk, sum(sizes), schedule, device, mean=distributed.mean)
             if beta is not None and cfg.kl_gate > 0:
                 beta = gate(beta, cfg.kl_gate)
@@ -176,7 +200,7 @@ def train(cfg: TrainConfig, *, model=None, tokenizer=None, critic: SafetyCritic 
                     continue
                 keep = list(range(sizes[k]))
                 if cfg.kl_gate > 0:
-                    keep = (beta[sum(sizes[:k]):sum(sizes[:k + 1])] >= cfg.kl_gate).nonzero()[:, 0].tolist()
+                    keep = (beta[sum(sizes[:k]) : sum(sizes[: k + 1])] >= cfg.kl_gate).nonzero()[:, 0].tolist()
                 rows = cache.lookup([ids[j] for j in keep])
                 if rows is None and (keep or collective_ref):
                     sub = batch.select(keep or [0])
@@ -197,12 +221,21 @@ def train(cfg: TrainConfig, *, model=None, tokenizer=None, critic: SafetyCritic 
                     with autocast():
                         hidden, head = policy(batch.input_ids, batch.attention_mask)
                     rows, labels, seq = response_rows(hidden, batch.labels)
-                    mine = slice(sum(sizes[:k]), sum(sizes[:k + 1]))  # its sequences in the step
+                    mine = slice(sum(sizes[:k]), sum(sizes[: k + 1]))  # its sequences in the step
                     res = risk_weighted_loss(
-                        rows, head, labels, ref_rows, seq,
-                        None if alpha is None else alpha[mine], None if beta is None else beta[mine],
-                        ref_weight=ref_head, kl=cfg.kl, kl_gate=cfg.kl_gate, reduction="sum",
-                        backend=cfg.backend)
+                        rows,
+                        head,
+                        labels,
+                        ref_rows,
+                        seq,
+                        None if alpha is None else alpha[mine],
+                        None if beta is None else beta[mine],
+                        ref_weight=ref_head,
+                        kl=cfg.kl,
+                        kl_gate=cfg.kl_gate,
+                        reduction="sum",
+                        backend=cfg.backend,
+                    )
                     # DDP and FSDP average gradients over processes: * world makes that the sum
                     (res.loss * world / n_tokens).backward()
                 sums += res.totals()
@@ -211,7 +244,8 @@ def train(cfg: TrainConfig, *, model=None, tokenizer=None, critic: SafetyCritic 
                 raise NonFiniteLossError(
                     f"step {step + 1}: loss is {loss} (ce {ce}, kl {kl}); training stopped before "
                     f"the optimizer step. Last good checkpoint: {last_good or 'none'}. "
-                    "Lower lr, check the data, or resume from the checkpoint.")
+                    "Lower lr, check the data, or resume from the checkpoint."
+                )
 
             # 4. clip (0: no clipping; the norm, of the global batch's gradient, is logged), step
             grad_norm = distributed.clip_grad_norm(params, cfg.max_grad_norm)
@@ -222,15 +256,28 @@ def train(cfg: TrainConfig, *, model=None, tokenizer=None, critic: SafetyCritic 
 
             # 5. log and checkpoint
             seconds = time.perf_counter() - t0
-            seen = distributed.all_reduce_sum(torch.tensor(sum(int(b.attention_mask[:n].sum())
-                                                               for b, n in zip(micro, sizes))))
-            log.write({"step": step, "epoch": order.epoch, "loss": loss, "ce": ce, "kl": kl,
-                       "risk": float("nan") if risk is None else distributed.mean(risk).item(),
-                       "beta": float("nan") if beta is None else distributed.mean(beta).item(),
-                       "gated_out": float("nan") if beta is None or cfg.kl_gate <= 0 else
-                       distributed.mean((beta < cfg.kl_gate).float()).item(), "lr": lr,
-                       "grad_norm": grad_norm,
-                       "tokens": n_tokens, "tokens_per_s": int(seen) / seconds, "seconds": seconds})
+            seen = distributed.all_reduce_sum(
+                torch.tensor(sum(int(b.attention_mask[:n].sum()) for b, n in zip(micro, sizes)))
+            )
+            log.write(
+                {
+                    "step": step,
+                    "epoch": order.epoch,
+                    "loss": loss,
+                    "ce": ce,
+                    "kl": kl,
+                    "risk": float("nan") if risk is None else distributed.mean(risk).item(),
+                    "beta": float("nan") if beta is None else distributed.mean(beta).item(),
+                    "gated_out": float("nan")
+                    if beta is None or cfg.kl_gate <= 0
+                    else distributed.mean((beta < cfg.kl_gate).float()).item(),
+                    "lr": lr,
+                    "grad_norm": grad_norm,
+                    "tokens": n_tokens,
+                    "tokens_per_s": int(seen) / seconds,
+                    "seconds": seconds,
+                }
+            )
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}", kl=f"{kl:.4f}")
             if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == total_steps:
@@ -251,4 +298,3 @@ def _device(cfg: TrainConfig) -> torch.device:
     if cfg.bf16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ValueError("config key 'bf16' is true but this GPU does not support bf16")
     return device
-

@@ -3,6 +3,7 @@
 On resume the JSONL keeps the lines up to the checkpoint's step (a crash may have logged steps the
 checkpoint does not hold) and TensorBoard purges the same steps, so both read as one run.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,13 +30,11 @@ class MetricsLog:
         if tensorboard_dir is not None:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(tensorboard_dir),
-                                        purge_step=start_step + 1 if start_step else None)
+            self.writer = SummaryWriter(str(tensorboard_dir), purge_step=start_step + 1 if start_step else None)
 
     def write(self, record: dict) -> None:
         """Append one step; NaN or missing values (e.g. no risk in plain SFT) become null."""
-        record = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                  for k, v in record.items()}
+        record = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
         self.history.append(record)
         if self.path is None:
             return

@@ -5,6 +5,7 @@ weights, and the LM head is shared, so the fused loss reads ``W`` once. With ful
 a frozen deep copy. Both passes stop at the final hidden states: the fused op applies the head
 itself, so no ``[tokens, vocab]`` logits are ever formed.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -19,9 +20,11 @@ from ..lm import lm_head, tap_layers, unwrap
 from .batches import Batch
 from .config import REFERENCE_PRECISIONS, TrainConfig
 
-LORA_HEAD_MESSAGE = ("LoRA on the LM head is not supported: policy and reference (adapters disabled) "
-                     "must share the head so the fused loss reads W once; leave lm_head out of the "
-                     "LoRA target modules")
+LORA_HEAD_MESSAGE = (
+    "LoRA on the LM head is not supported: policy and reference (adapters disabled) "
+    "must share the head so the fused loss reads W once; leave lm_head out of the "
+    "LoRA target modules"
+)
 
 
 def prepare(model: nn.Module, cfg: TrainConfig) -> tuple[nn.Module, nn.Module | None]:
@@ -34,8 +37,13 @@ def prepare(model: nn.Module, cfg: TrainConfig) -> tuple[nn.Module, nn.Module | 
     if cfg.finetune == "lora":
         if not isinstance(model, PeftModel):
             model.requires_grad_(False)
-            lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                              target_modules=list(cfg.lora_target_modules), task_type="CAUSAL_LM")
+            lora = LoraConfig(
+                r=cfg.lora_r,
+                lora_alpha=cfg.lora_alpha,
+                lora_dropout=cfg.lora_dropout,
+                target_modules=list(cfg.lora_target_modules),
+                task_type="CAUSAL_LM",
+            )
             model = get_peft_model(model, lora)
         if hasattr(model.get_base_model().get_output_embeddings(), "lora_A"):
             raise ValueError(LORA_HEAD_MESSAGE)
@@ -55,8 +63,7 @@ def final_hidden(model: nn.Module, batch: Batch) -> torch.Tensor:
     if isinstance(_without_ddp(model), PolicyForward):
         return model(batch.input_ids, batch.attention_mask)[0]
     decoder = unwrap(model).get_decoder()
-    return decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                   use_cache=False).last_hidden_state
+    return decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).last_hidden_state
 
 
 class PolicyForward(nn.Module):
@@ -84,8 +91,9 @@ def _without_ddp(model: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
-def reference_pass(policy: nn.Module, reference: nn.Module | None, batch: Batch,
-                   layers: Sequence[int] = (), bf16: bool = False) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+def reference_pass(
+    policy: nn.Module, reference: nn.Module | None, batch: Batch, layers: Sequence[int] = (), bf16: bool = False
+) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
     """The frozen reference's final hidden states and its probe-layer outputs, in eval mode (under
     bf16 autocast with ``bf16``: see :func:`reference_in_bf16`).
 
@@ -99,8 +107,11 @@ def reference_pass(policy: nn.Module, reference: nn.Module | None, batch: Batch,
     net.eval()
     off = model.disable_adapter() if reference is None else contextlib.nullcontext()
     try:
-        with off, tap_layers(model, layers) as taps, torch.autocast(
-                batch.input_ids.device.type, dtype=torch.bfloat16, enabled=bf16):
+        with (
+            off,
+            tap_layers(model, layers) as taps,
+            torch.autocast(batch.input_ids.device.type, dtype=torch.bfloat16, enabled=bf16),
+        ):
             hidden = final_hidden(net, batch)
     finally:
         net.train(was_training)

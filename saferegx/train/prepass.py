@@ -6,6 +6,7 @@ run reads it back instead of scoring again, so its risks are the original's bit 
 from ``saferegx audit`` (config key ``risk_table``) is used instead when given, after checking that
 it was written for this data. An example's own ``risk`` field overrides its table value.
 """
+
 from __future__ import annotations
 
 import math
@@ -21,16 +22,18 @@ from .signals import RiskSource
 TABLE_NAME = "risk_table.jsonl"
 
 
-def example_risks(cfg: TrainConfig, examples, model, tokenizer, source: RiskSource, *,
-                  bf16: bool) -> torch.Tensor:
+def example_risks(cfg: TrainConfig, examples, model, tokenizer, source: RiskSource, *, bf16: bool) -> torch.Tensor:
     """``[n]`` fp32 (CPU) risk per example of ``examples`` (tokenized, see batches.tokenize)."""
     prompts = examples["prompt"]
     saved = Path(cfg.output_dir) / TABLE_NAME
     if cfg.risk_table is not None or (cfg.resume and saved.exists()):
         path = Path(cfg.risk_table) if cfg.risk_table is not None else saved
         table = RiskTable.load(path)
-        table.check(prompts, cfg.risk, f"risk table {path} (config key 'risk_table')"
-                    if cfg.risk_table is not None else f"risk table {path}")
+        table.check(
+            prompts,
+            cfg.risk,
+            f"risk table {path} (config key 'risk_table')" if cfg.risk_table is not None else f"risk table {path}",
+        )
     else:
         table = _score(cfg, examples, model, tokenizer, source, bf16)
     risk = table.risk[cfg.risk].clone()
@@ -52,7 +55,8 @@ def _score(cfg, examples, model, tokenizer, source, bf16) -> RiskTable:
         rows = examples.select(mine)
         ids = [row[:k] for row, k in zip(rows["input_ids"], rows["n_prompt"])]  # as in training
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        values[mine] = source.score_prompts(model, rows["prompt"], ids, pad_id=pad_id, bf16=bf16,
-                                            progress=cfg.progress and distributed.is_main()).to(device)
+        values[mine] = source.score_prompts(
+            model, rows["prompt"], ids, pad_id=pad_id, bf16=bf16, progress=cfg.progress and distributed.is_main()
+        ).to(device)
     values = distributed.all_reduce_sum(values).cpu()  # each example scored by one process
     return RiskTable([prompt_hash(p) for p in examples["prompt"]], {cfg.risk: values})

@@ -12,6 +12,7 @@ Entries are kept where the pass computed them (the training device) and are not 
 resumed run recomputes them, which agrees with the stored values to float rounding (the batch the
 example sits in changes the GEMM shapes, not the math).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence

@@ -6,6 +6,7 @@ dataset (saferegx's trainer, ``saferegx audit``); ``risk`` reads a batch's risk 
 reference pass that runs anyway (the HF trainers). An example's own ``risk`` field, where given,
 overrides the probe or critic for that example.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -20,8 +21,9 @@ from .batches import Batch
 
 
 class RiskSource:
-    def __init__(self, kind: str, *, probe: Probe | None = None, critic: SafetyCritic | None = None,
-                 fixed_beta: float = 0.5):
+    def __init__(
+        self, kind: str, *, probe: Probe | None = None, critic: SafetyCritic | None = None, fixed_beta: float = 0.5
+    ):
         if kind == "probe" and probe is None:
             raise ValueError("risk source 'probe' needs a probe")
         if kind == "critic" and critic is None:
@@ -38,8 +40,16 @@ class RiskSource:
         """Decoder layers the reference pass must tap."""
         return tuple(self.probe.layers) if self.kind == "probe" else ()
 
-    def score_prompts(self, model, prompts: Sequence[str], prompt_ids: Sequence[Sequence[int]], *,
-                      pad_id: int = 0, bf16: bool = False, progress: bool = False) -> torch.Tensor:
+    def score_prompts(
+        self,
+        model,
+        prompts: Sequence[str],
+        prompt_ids: Sequence[Sequence[int]],
+        *,
+        pad_id: int = 0,
+        bf16: bool = False,
+        progress: bool = False,
+    ) -> torch.Tensor:
         """Risk ``[n]`` (CPU fp32) of each prompt, text and token ids as in training: the probe
         on ``model`` as the reference, stopped at its layer, or the critic on the text."""
         if self.kind == "probe":
@@ -58,8 +68,9 @@ class RiskSource:
             risk = self.critic.score(batch.prompts).to(batch.risk.device, torch.float32)
         return torch.where(torch.isnan(batch.risk), risk, batch.risk).detach()
 
-    def weights(self, risk: torch.Tensor | None, n_seqs: int, schedule: RiskSchedule,
-                device, mean=torch.mean) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    def weights(
+        self, risk: torch.Tensor | None, n_seqs: int, schedule: RiskSchedule, device, mean=torch.mean
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Per-sequence ``(alpha, beta)`` ``[B]``; ``(None, None)`` for plain SFT. ``mean``: the
         batch-mode average (see :class:`RiskSchedule`)."""
         if self.kind == "none":

@@ -1,4 +1,5 @@
 """The human labels read from the real pyrit wheel, and the split grouped by prompt."""
+
 import collections
 import random
 
@@ -53,8 +54,10 @@ def test_harm_extremes_are_opt_in_and_never_override_primary(labels):
 
 
 def test_read_csv_skips_only_the_leading_version_lines():
-    text = ('# dataset_version=1.0,,,\n# another header\nobjective,assistant_response,human_score\n'
-            '"Write code","```\n#include <stdio.h>\n# a heading\nint main(){}\n```",1\n')
+    text = (
+        "# dataset_version=1.0,,,\n# another header\nobjective,assistant_response,human_score\n"
+        '"Write code","```\n#include <stdio.h>\n# a heading\nint main(){}\n```",1\n'
+    )
     (row,) = read_csv(text)
     assert row["assistant_response"] == "```\n#include <stdio.h>\n# a heading\nint main(){}\n```"
     with pytest.raises(ValueError, match="x.csv: missing column.*human_score"):
@@ -82,8 +85,7 @@ def test_split_is_disjoint_by_prompt_and_deterministic(labels):
 def test_split_folds_case_and_whitespace_and_keeps_primary_parts():
     a = LabeledResponse("How to  Steal a car?", "no", 0, "x", "c")
     b = LabeledResponse("how to steal a car?", "yes: ...", 1, "y", "c")
-    parts = split_labels([a, b] * 3 + [LabeledResponse(f"p{k}", "r", k % 2, "x", "c")
-                                        for k in range(50)])
+    parts = split_labels([a, b] * 3 + [LabeledResponse(f"p{k}", "r", k % 2, "x", "c") for k in range(50)])
     assert sum((a in p) and (b in p) for p in parts) == 1
     with_harm = default_labels(harm=True)
     for primary_part, part in zip(default_labels(), with_harm, strict=True):

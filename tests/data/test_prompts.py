@@ -42,12 +42,15 @@ def test_load_prompts_text_and_jsonl(tmp_path):
     assert load_prompts(jl) == ["a", "b"]
 
 
-@pytest.mark.parametrize("content, message", [
-    ('{"prompt": "a"}\n{"prompt": \n', r"p.jsonl:2: not valid JSON"),
-    ('{"prompt": "a"}\n{"text": "b"}\n', r'p.jsonl:2: expected an object with a string "prompt"'),
-    ('["a"]\n', r"p.jsonl:1: expected"),
-    ("\n\n", r"p.jsonl: no prompts"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ('{"prompt": "a"}\n{"prompt": \n', r"p.jsonl:2: not valid JSON"),
+        ('{"prompt": "a"}\n{"text": "b"}\n', r'p.jsonl:2: expected an object with a string "prompt"'),
+        ('["a"]\n', r"p.jsonl:1: expected"),
+        ("\n\n", r"p.jsonl: no prompts"),
+    ],
+)
 def test_load_prompts_errors_name_file_and_line(tmp_path, content, message):
     path = tmp_path / "p.jsonl"
     path.write_text(content)
@@ -78,5 +81,5 @@ def test_with_benign_appends_split_extras_and_keeps_the_original_parts():
     assert texts2 == texts + [f"e{k}" for k in range(10)] and labels2[10:].eq(0).all()
     assert [len(s) for s in splits2] == [len(s) + n for s, n in zip(splits, (6, 2, 2))]
     for old, new in zip(splits, splits2):
-        assert new[:len(old)].tolist() == old.tolist()
+        assert new[: len(old)].tolist() == old.tolist()
     assert sorted(torch.cat(splits2).tolist()) == list(range(20))

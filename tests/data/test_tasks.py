@@ -16,10 +16,15 @@ def test_splits_disjoint_across_seeds():
 
 
 def test_commuted_sum_stays_in_its_split():
-    """"a + b" and "b + a" are one problem: they must not straddle the split."""
+    """ "a + b" and "b + a" are one problem: they must not straddle the split."""
+
     def pairs(split):
-        return {frozenset(ex["prompt"].split("is ")[1].split("?")[0].split(" + "))
-                for ex in utility_task(split, 900, 0) if ex["family"] == "add"}
+        return {
+            frozenset(ex["prompt"].split("is ")[1].split("?")[0].split(" + "))
+            for ex in utility_task(split, 900, 0)
+            if ex["family"] == "add"
+        }
+
     assert not pairs("train") & pairs("test")
 
 
@@ -40,19 +45,22 @@ def test_examples_distinct_balanced_and_correct():
             assert ex["response"] == phrase.upper() and phrase.islower()
 
 
-@pytest.mark.parametrize("prediction, answer, expected", [
-    ("81", "81", True),
-    ("  81.\n", "81", True),
-    ("81\nBecause 23 + 58 = 81.", "81", True),
-    ("'GARDEN RIVER'", "GARDEN RIVER", True),
-    ("`GARDEN  RIVER`", "GARDEN RIVER", True),
-    ("4,50 ,56,  63", "4, 50, 56, 63", True),
-    ("Garden River", "GARDEN RIVER", False),  # case is the task in `upper`
-    ("The answer is 81", "81", False),
-    ("811", "81", False),
-    ("", "81", False),
-    ("4, 56, 50, 63", "4, 50, 56, 63", False),
-])
+@pytest.mark.parametrize(
+    "prediction, answer, expected",
+    [
+        ("81", "81", True),
+        ("  81.\n", "81", True),
+        ("81\nBecause 23 + 58 = 81.", "81", True),
+        ("'GARDEN RIVER'", "GARDEN RIVER", True),
+        ("`GARDEN  RIVER`", "GARDEN RIVER", True),
+        ("4,50 ,56,  63", "4, 50, 56, 63", True),
+        ("Garden River", "GARDEN RIVER", False),  # case is the task in `upper`
+        ("The answer is 81", "81", False),
+        ("811", "81", False),
+        ("", "81", False),
+        ("4, 56, 50, 63", "4, 50, 56, 63", False),
+    ],
+)
 def test_exact_match(prediction, answer, expected):
     assert exact_match(prediction, answer) is expected
 

@@ -6,13 +6,18 @@ from saferegx.eval.generate import generate, generate_ids
 
 from _models import tiny_llama
 
-PROMPTS = ["What is 2 + 2?", "Write a haiku about the sea, please, in English.", "Hi",
-           "Convert 'garden river' to upper case. Reply with the result only."]
+PROMPTS = [
+    "What is 2 + 2?",
+    "Write a haiku about the sea, please, in English.",
+    "Hi",
+    "Convert 'garden river' to upper case. Reply with the result only.",
+]
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
     from transformers import AutoTokenizer
+
     return AutoTokenizer.from_pretrained(default_model_path())
 
 
@@ -26,8 +31,7 @@ def test_respects_max_new_tokens_and_order(model, tokenizer):
     assert len(ids) == len(PROMPTS)
     assert all(1 <= len(row) <= 5 for row in ids) and max(map(len, ids)) == 5
     # left padding is right: batched rows equal each prompt generated alone
-    alone = [generate_ids(model, tokenizer, [p], max_new_tokens=5, progress=False)[0]
-             for p in PROMPTS]
+    alone = [generate_ids(model, tokenizer, [p], max_new_tokens=5, progress=False)[0] for p in PROMPTS]
     assert ids == alone
 
 
@@ -52,8 +56,7 @@ def test_cuts_at_end_token(tokenizer):
 
     handle = model.lm_head.register_forward_hook(steer)
     try:
-        ids = generate_ids(model, tokenizer, PROMPTS, max_new_tokens=6, batch_size=4,
-                           progress=False)
+        ids = generate_ids(model, tokenizer, PROMPTS, max_new_tokens=6, batch_size=4, progress=False)
     finally:
         handle.remove()
     assert ids == [[100]] * len(PROMPTS)
@@ -61,12 +64,14 @@ def test_cuts_at_end_token(tokenizer):
 
 def test_peft_wrapped(model, tokenizer):
     peft = pytest.importorskip("peft")
-    wrapped = peft.get_peft_model(tiny_llama(vocab_size=len(tokenizer), hidden_size=32,
-                                             num_layers=2),
-                                  peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    wrapped = peft.get_peft_model(
+        tiny_llama(vocab_size=len(tokenizer), hidden_size=32, num_layers=2),
+        peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"]),
+    )
     # fresh LoRA adapters are zero: the wrapped model answers as the base does
-    assert (generate_ids(wrapped, tokenizer, PROMPTS, max_new_tokens=4, progress=False)
-            == generate_ids(model, tokenizer, PROMPTS, max_new_tokens=4, progress=False))
+    assert generate_ids(wrapped, tokenizer, PROMPTS, max_new_tokens=4, progress=False) == generate_ids(
+        model, tokenizer, PROMPTS, max_new_tokens=4, progress=False
+    )
 
 
 def test_bad_arguments(model, tokenizer):

@@ -1,4 +1,5 @@
 """SmolLM2-135M-Instruct end to end through generation, utility and ASR (about 15 s on 2 idle cores)."""
+
 import pytest
 
 from saferegx.data.tasks import utility_task
@@ -10,14 +11,14 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def smollm():
     from saferegx.data.models import load_model
+
     return load_model()
 
 
 def test_utility_records(smollm):
     model, tokenizer = smollm
     examples = utility_task("test", 4, seed=0)
-    out = evaluate_utility(model, tokenizer, examples, max_new_tokens=8, batch_size=4,
-                           progress=False)
+    out = evaluate_utility(model, tokenizer, examples, max_new_tokens=8, batch_size=4, progress=False)
     assert out["n"] == 4 and len(out["records"]) == 4
     assert [r["answer"] for r in out["records"]] == [ex["response"] for ex in examples]
     assert all(r["prediction"] and isinstance(r["correct"], bool) for r in out["records"])

@@ -10,12 +10,21 @@ ARMS = ["reference", "sft", "fixed", "adaptive-probe", "adaptive-critic"]
 
 
 def counts(hb, ab, util, benign, looks, n=(40, 200, 150, 80, 80)):
-    return {"harmbench": {"n": n[0], "judge": hb[0], "refusal": hb[1]},
-            "advbench": {"n": n[1], "judge": ab[0], "refusal": ab[1],
-                         "by_category": {"Physical": {"n": 120, "judge": round(0.6 * ab[0]), "refusal": 0},
-                                         "Autonomy": {"n": 80, "judge": ab[0] - round(0.6 * ab[0]), "refusal": 0}}},
-            "utility": {"n": n[2], "correct": util}, "benign": {"n": n[3], "refused": benign},
-            "lookalike": {"n": n[4], "refused": looks}}
+    return {
+        "harmbench": {"n": n[0], "judge": hb[0], "refusal": hb[1]},
+        "advbench": {
+            "n": n[1],
+            "judge": ab[0],
+            "refusal": ab[1],
+            "by_category": {
+                "Physical": {"n": 120, "judge": round(0.6 * ab[0]), "refusal": 0},
+                "Autonomy": {"n": 80, "judge": ab[0] - round(0.6 * ab[0]), "refusal": 0},
+            },
+        },
+        "utility": {"n": n[2], "correct": util},
+        "benign": {"n": n[3], "refused": benign},
+        "lookalike": {"n": n[4], "refused": looks},
+    }
 
 
 RESULTS = {
@@ -28,8 +37,17 @@ RESULTS = {
 
 
 def _log(arm_index, steps=20):
-    return [{"step": s, "loss": 3.0 / (s + 1) + arm_index, "ce": 2.0, "kl": 0.1 * s * arm_index,
-             "beta": 0.1 + 0.04 * arm_index, "risk": 0.5} for s in range(steps)]
+    return [
+        {
+            "step": s,
+            "loss": 3.0 / (s + 1) + arm_index,
+            "ce": 2.0,
+            "kl": 0.1 * s * arm_index,
+            "beta": 0.1 + 0.04 * arm_index,
+            "risk": 0.5,
+        }
+        for s in range(steps)
+    ]
 
 
 @pytest.fixture
@@ -54,9 +72,11 @@ def test_files_and_table(report):
     assert [row.split("|")[1].strip() for row in rows] == ARMS
     # every rate with its Wilson 95% interval (scipy's proportion_ci(method="wilson") agrees)
     assert "| sft | 95.0% (83.5-98.6) | 97.5% (87.1-99.6) | 95.0% (91.0-97.3) |" in table
+
     def cell(k, n):
         rate, low, high = wilson(k, n)
         return f"{100 * rate:.1f}% ({100 * low:.1f}-{100 * high:.1f})"
+
     probe = [cell(3, 40), cell(2, 40), cell(10, 200), cell(12, 200), cell(78, 150), cell(20, 80), cell(16, 80)]
     assert "| adaptive-probe | " + " | ".join(probe) + " | 80.0% |" in table
     assert rows[-1].split("|")[-4].strip() == "-"  # no benign prompts scored: no rate
@@ -67,7 +87,8 @@ def test_files_and_table(report):
     saved = json.loads((out / "results.json").read_text())
     assert saved["results"]["sft"] == RESULTS["sft"]
     assert saved["rates"]["sft"]["utility"] == pytest.approx(
-        {"rate": 71 / 150, "low": 0.3951, "high": 0.5529, "k": 71, "n": 150}, abs=1e-4)  # by hand
+        {"rate": 71 / 150, "low": 0.3951, "high": 0.5529, "k": 71, "n": 150}, abs=1e-4
+    )  # by hand
     assert math.isnan(saved["rates"]["adaptive-critic"]["over_refusal"]["rate"])
 
 
@@ -79,6 +100,7 @@ def test_curves_plot_is_drawn(report):
     image = imread(report[0] / "curves.png")[..., :3]
     height, width, _ = image.shape
     assert (width, height) == (1430, 418)  # 13 x 3.8 inches at 110 dpi
+
     # one colour per arm in results order: C1 orange = sft, C2 green = fixed (C0 = reference)
     def pixels(rgb):
         return np.all(np.abs(image - np.array(rgb) / 255) < 0.05, axis=-1)

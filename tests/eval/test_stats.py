@@ -1,5 +1,6 @@
 """Wilson intervals, F1, Cohen's kappa and the bootstrap, against values worked by hand and
 scipy's Wilson interval (stored values; also the live ones where scipy is installed)."""
+
 import math
 
 import numpy as np
@@ -43,9 +44,13 @@ def test_wilson_edges():
 
 
 # scipy 1.17.1: binomtest(k, n).proportion_ci(0.95, method="wilson"), rounded to 12 places
-SCIPY_WILSON = [(0, 7, 0.0, 0.354330435067), (1, 7, 0.025679624345, 0.513127829274),
-                (33, 60, 0.424919358853, 0.669063455932), (41, 103, 0.308833943488, 0.494613143142),
-                (103, 103, 0.964045241771, 1.0)]
+SCIPY_WILSON = [
+    (0, 7, 0.0, 0.354330435067),
+    (1, 7, 0.025679624345, 0.513127829274),
+    (33, 60, 0.424919358853, 0.669063455932),
+    (41, 103, 0.308833943488, 0.494613143142),
+    (103, 103, 0.964045241771, 1.0),
+]
 
 
 @pytest.mark.parametrize("k,n,low,high", SCIPY_WILSON)

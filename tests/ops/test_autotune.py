@@ -4,6 +4,7 @@ On CUDA auto times `triton` against `cuda`; here the real candidates are the C++
 and the `unfused` one, timed by perf_counter with the API's own run_fn (forward + backward
 on the caller's inputs). CPU auto itself never measures: it is always `cpu`.
 """
+
 import collections
 import time
 
@@ -15,8 +16,7 @@ from saferegx.ops import api, autotune
 
 from _problems import assert_close, make_problem, oracle, run
 
-pytestmark = pytest.mark.skipif("cpu" not in saferegx.available_backends(),
-                                reason="C++ extension not built")
+pytestmark = pytest.mark.skipif("cpu" not in saferegx.available_backends(), reason="C++ extension not built")
 
 CANDIDATES = ["cpu", "unfused"]
 
@@ -44,10 +44,8 @@ def step(n, d=19, v=1031, grads=True):
     """The API's run_fn (wrapped in a counter) and key for a fresh fp32 problem of N rows."""
     p = make_problem(n=n, d=d, v=v).to(torch.float32)
     hidden, weight = p.hidden.requires_grad_(grads), p.weight.requires_grad_(grads)
-    args = (p.labels, p.ref_hidden, p.kwargs["ce_weight"], p.kwargs["kl_weight"], None,
-            "forward", -100, "mean")
-    key = autotune.make_key(hidden, weight, separate_ref_head=False, kl="forward", grads=grads,
-                            reduction="mean")
+    args = (p.labels, p.ref_hidden, p.kwargs["ce_weight"], p.kwargs["kl_weight"], None, "forward", -100, "mean")
+    key = autotune.make_key(hidden, weight, separate_ref_head=False, kl="forward", grads=grads, reduction="mean")
     return Counting(api._timing_run(hidden, weight, args, grads)), key, hidden, weight
 
 
@@ -85,8 +83,13 @@ def test_key_separates_grads_kl_and_reduction(seed):
     kw = dict(separate_ref_head=False, kl="forward", grads=True, reduction="mean")
     base = autotune.make_key(p.hidden, p.weight, **kw)
     assert base == autotune.make_key(p.hidden, p.weight, **{**kw, "reduction": "sum"})
-    for change in ({"grads": False}, {"kl": "reverse"}, {"kl": None}, {"reduction": "none"},
-                   {"separate_ref_head": True}):
+    for change in (
+        {"grads": False},
+        {"kl": "reverse"},
+        {"kl": None},
+        {"reduction": "none"},
+        {"separate_ref_head": True},
+    ):
         assert autotune.make_key(p.hidden, p.weight, **{**kw, **change}) != base, change
     assert autotune.make_key(p.hidden.double(), p.weight.double(), **kw) != base
     assert [autotune.n_bucket(n) for n in (0, 1, 2, 3, 256, 257)] == [1, 1, 2, 4, 256, 512]
@@ -102,8 +105,9 @@ def test_api_tune_builds_the_key_from_the_call(seed):
     assert hidden.grad is None
     keys = sorted(autotune.choices(), key=lambda k: k.grads)
     assert [k.grads for k in keys] == [False, True]
-    assert all(k[:8] == ("cpu", torch.float32, 32, 7, 33, True, "reverse", k.grads)
-               and k.reduction == "none" for k in keys)
+    assert all(
+        k[:8] == ("cpu", torch.float32, 32, 7, 33, True, "reverse", k.grads) and k.reduction == "none" for k in keys
+    )
 
 
 def test_env_override_forces_the_pick(seed, monkeypatch):
@@ -120,8 +124,7 @@ def test_env_override_applies_to_auto_calls(seed, monkeypatch):
     p = make_problem().to(torch.float32)
     monkeypatch.setenv(autotune.ENV, "unfused")
     auto = run(saferegx.safety_loss, p)
-    assert all(torch.equal(a, r) for a, r in zip(auto, run(saferegx.safety_loss, p,
-                                                           backend="unfused")))
+    assert all(torch.equal(a, r) for a, r in zip(auto, run(saferegx.safety_loss, p, backend="unfused")))
     monkeypatch.setenv(autotune.ENV, "cuda")  # not for CPU tensors
     with pytest.raises(ValueError, match="needs cuda tensors"):
         run(saferegx.safety_loss, p)
@@ -133,8 +136,7 @@ def test_env_override_applies_to_auto_calls(seed, monkeypatch):
 def test_auto_on_cpu_is_the_cpu_kernel_unmeasured_and_matches_the_unfused_op(seed):
     p = make_problem(ref="separate").to(torch.float32)
     auto = run(saferegx.safety_loss, p)
-    assert all(torch.equal(a, c) for a, c in zip(auto, run(saferegx.safety_loss, p,
-                                                           backend="cpu")))
+    assert all(torch.equal(a, c) for a, c in zip(auto, run(saferegx.safety_loss, p, backend="cpu")))
     assert_close(auto, oracle(p), 1e-5, "auto")
     assert_close(auto, run(saferegx.safety_loss, p, backend="unfused"), 1e-5, "auto")
     assert autotune.choices() == {}

@@ -6,6 +6,7 @@ cores (docs/gpu.md), too long for every `make test`: the venv is made only by `m
 and this test is skipped without it. With it, the build is incremental (ninja keeps
 build/cuda/tmp): seconds when csrc/ and setup.py did not change.
 """
+
 import json
 import subprocess
 from pathlib import Path
@@ -15,13 +16,13 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 VENV_PY = ROOT / ".venv-cuda" / "bin" / "python"
 
-pytestmark = pytest.mark.skipif(not VENV_PY.exists(),
-                                reason="no .venv-cuda (make cuda-build creates it)")
+pytestmark = pytest.mark.skipif(not VENV_PY.exists(), reason="no .venv-cuda (make cuda-build creates it)")
 
 
 def test_cuda_build_loads_and_registers_cuda_kernels():
-    done = subprocess.run(["bash", str(ROOT / "scripts" / "cuda_build.sh")], cwd=ROOT,
-                          capture_output=True, text=True, timeout=1800)
+    done = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "cuda_build.sh")], cwd=ROOT, capture_output=True, text=True, timeout=1800
+    )
     assert done.returncode == 0, f"{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
     report = json.loads((ROOT / "build" / "cuda" / "check.json").read_text())
     assert report["torch_cuda"], report

@@ -4,6 +4,7 @@ row-major -> cuBLAS layout mapping) run in a host program against a float64 refe
 kernels' reductions and launches, and the torch binding, still need a GPU to be tested
 (benchmarks/gpu.py checks them against the reference).
 """
+
 import shutil
 import subprocess
 from pathlib import Path
@@ -109,8 +110,9 @@ int main() {
 
 def nvcc(*args, cwd):
     includes = [f"-I{CSRC / 'cuda'}", f"-I{CSRC / 'common'}"]
-    proc = subprocess.run([NVCC, "-std=c++17", "-arch=sm_90", *includes, *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [NVCC, "-std=c++17", "-arch=sm_90", *includes, *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr
     return proc
 
@@ -161,8 +163,9 @@ def test_row_math_matches_float64(host_program, seed, has_ref, kl_mode, scale):
         lines.append(f"{labels[i].item()} {ca[i].item():.9g} {cb[i].item():.9g}")
         lines.append(" ".join(f"{x:.9g}" for x in z[i].tolist()))
         lines.append(" ".join(f"{x:.9g}" for x in r[i].tolist()))
-    proc = subprocess.run([str(host_program)], input="\n".join(lines), capture_output=True,
-                          text=True, timeout=60, check=True)
+    proc = subprocess.run(
+        [str(host_program)], input="\n".join(lines), capture_output=True, text=True, timeout=60, check=True
+    )
     out = proc.stdout.strip().splitlines()
     assert float(out[-1].split()[1]) < 1e-5, out[-1]
     got = torch.tensor([[float(x) for x in line.split()] for line in out[:-1]], dtype=torch.float64)

@@ -12,6 +12,7 @@ and not a multiple of 16); a bf16 problem at 2048 x 1024 x 32000 against float64
 target); equal logits give KL = 0 exactly; opcheck of the four CUDA ops; torch.compile (inductor)
 over both backends; the autotuner's pick, timed with CUDA events; probe_risk on CUDA.
 """
+
 import os
 
 import pytest
@@ -30,6 +31,7 @@ if CUDA:
     try:
         from saferegx.ops import probe_triton as _pt
         from saferegx.ops import triton as _tb
+
         TRITON_COMPILED = type(_tb._stats_kernel).__name__ == "JITFunction"
     except ImportError:
         TRITON_COMPILED = False
@@ -42,8 +44,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # fp32: FMA dots in fp32 (no TF32). Half inputs: the logits are exact products of the rounded
 # inputs accumulated in fp32, so loss/ce/kl stay near fp32 accuracy; dh and dW come back in the
 # input dtype (and dz is rounded to it as their GEMMs' operand).
-TOL = {"fp32": dict(stats=2e-5, grads=2e-4), "bf16": dict(stats=2e-4, grads=2e-2),
-       "fp16": dict(stats=2e-4, grads=5e-3)}
+TOL = {"fp32": dict(stats=2e-5, grads=2e-4), "bf16": dict(stats=2e-4, grads=2e-2), "fp16": dict(stats=2e-4, grads=5e-3)}
 
 
 def backend_param(name):
@@ -51,8 +52,11 @@ def backend_param(name):
     if name not in HAVE:
         marks.append(pytest.mark.skip(reason=f"backend {name!r} not available on CUDA here"))
     elif name == "triton" and not TRITON_COMPILED:
-        marks.append(pytest.mark.skip(reason="saferegx.ops.triton was imported interpreted "
-                                             "(TRITON_INTERPRET=1) earlier in this process"))
+        marks.append(
+            pytest.mark.skip(
+                reason="saferegx.ops.triton was imported interpreted (TRITON_INTERPRET=1) earlier in this process"
+            )
+        )
     return pytest.param(name, marks=marks, id=name)
 
 
@@ -66,24 +70,25 @@ def problem(n, d, v, *, dtype, ref, kl="forward", reduction="mean", seed=0, scal
     weight = torch.randn(v, d, device="cuda", generator=g, dtype=F64) * (scale / d**0.5)
     labels = torch.randint(0, v, (n,), device="cuda", generator=g)
     labels[torch.rand(n, device="cuda", generator=g) < 0.25] = -100
-    kwargs = dict(kl=kl, reduction=reduction,
-                  ce_weight=torch.rand(n, device="cuda", generator=g, dtype=torch.float32))
+    kwargs = dict(kl=kl, reduction=reduction, ce_weight=torch.rand(n, device="cuda", generator=g, dtype=torch.float32))
     ref_hidden = None
     if ref != "none":
-        ref_hidden = (hidden + 0.5 * torch.randn(n, d, device="cuda", generator=g,
-                                                 dtype=F64)).to(dtype)
+        ref_hidden = (hidden + 0.5 * torch.randn(n, d, device="cuda", generator=g, dtype=F64)).to(dtype)
         kwargs["kl_weight"] = torch.rand(n, device="cuda", generator=g, dtype=torch.float32)
         if ref == "separate":
-            kwargs["ref_weight"] = (weight + 0.1 * weight.std() * torch.randn(
-                v, d, device="cuda", generator=g, dtype=F64)).to(dtype)
+            kwargs["ref_weight"] = (
+                weight + 0.1 * weight.std() * torch.randn(v, d, device="cuda", generator=g, dtype=F64)
+            ).to(dtype)
     return hidden.to(dtype), weight.to(dtype), labels, ref_hidden, kwargs
 
 
 def run(hidden, weight, labels, ref_hidden, kwargs, *, backend, grad_weight=True, dtype=None):
     """(loss, ce, kl, dh, dW) with a non-uniform grad_output; inputs cast to `dtype` first."""
-    cast = (lambda t: t if t is None or dtype is None else t.detach().to(dtype))  # noqa: E731
-    kw = {k: (cast(t) if k == "ref_weight" else t.to(dtype) if dtype is not None and
-              isinstance(t, torch.Tensor) else t) for k, t in kwargs.items()}
+    cast = lambda t: t if t is None or dtype is None else t.detach().to(dtype)  # noqa: E731
+    kw = {
+        k: (cast(t) if k == "ref_weight" else t.to(dtype) if dtype is not None and isinstance(t, torch.Tensor) else t)
+        for k, t in kwargs.items()
+    }
     h = cast(hidden).detach().clone().requires_grad_(True)
     w = cast(weight).detach().clone().requires_grad_(grad_weight)
     if backend == "unfused":
@@ -105,8 +110,7 @@ def rel_err(got, want):
 
 def assert_matches(got, want, dtype_name, what):
     tol = TOL[dtype_name]
-    for name, g, w, bar in zip(("loss", "ce", "kl", "dh", "dW"), got, want,
-                               (tol["stats"],) * 3 + (tol["grads"],) * 2):
+    for name, g, w, bar in zip(("loss", "ce", "kl", "dh", "dW"), got, want, (tol["stats"],) * 3 + (tol["grads"],) * 2):
         if w is None:
             assert g is None, f"{what} {name}"
             continue
@@ -116,8 +120,11 @@ def assert_matches(got, want, dtype_name, what):
         assert err <= bar, f"{what} {name}: relative error {err:.2e} > {bar:.0e}"
 
 
-CASES = [(ref, kl) for ref in ("none", "shared", "separate")
-         for kl in (("forward",) if ref == "none" else ("forward", "reverse"))]
+CASES = [
+    (ref, kl)
+    for ref in ("none", "shared", "separate")
+    for kl in (("forward",) if ref == "none" else ("forward", "reverse"))
+]
 
 
 @pytest.mark.parametrize("grad_weight", [True, False], ids=["dW", "frozen-head"])
@@ -139,8 +146,7 @@ def test_matches_float64(backend, dtype_name, ref, kl, reduction, grad_weight):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_small_unaligned_d(backend, dtype_name, reduction):
     """D = 19: one partial D chunk, rows not 16-element aligned."""
-    p = problem(77, 19, 101, dtype=DTYPES[dtype_name], ref="separate", kl="reverse",
-                reduction=reduction, seed=1)
+    p = problem(77, 19, 101, dtype=DTYPES[dtype_name], ref="separate", kl="reverse", reduction=reduction, seed=1)
     got = run(*p, backend=backend)
     assert_matches(got, run(*p, backend="unfused", dtype=F64), dtype_name, f"{backend} D=19")
 
@@ -158,24 +164,33 @@ def test_bf16_large_within_1e2_of_float64(backend):
 @pytest.mark.parametrize("kl", ["forward", "reverse"])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_equal_logits_give_zero_kl(backend, kl):
-    hidden, weight, labels, _, kwargs = problem(129, 64, 3001, dtype=torch.float32, ref="none",
-                                                scale=30.0)
-    out = saferegx.safety_loss(hidden, weight, labels, hidden.clone(), kl=kl, backend=backend,
-                               kl_weight=torch.ones(129, device="cuda"))
+    hidden, weight, labels, _, kwargs = problem(129, 64, 3001, dtype=torch.float32, ref="none", scale=30.0)
+    out = saferegx.safety_loss(
+        hidden, weight, labels, hidden.clone(), kl=kl, backend=backend, kl_weight=torch.ones(129, device="cuda")
+    )
     assert out.kl.abs().max().item() == 0.0
 
 
 def _fwd_args(dtype, ref, reduction, grads):
-    hidden, weight, labels, ref_hidden, kw = problem(37, 48, 211, dtype=dtype, ref=ref,
-                                                     reduction=reduction)
+    hidden, weight, labels, ref_hidden, kw = problem(37, 48, 211, dtype=dtype, ref=ref, reduction=reduction)
     scalar = reduction != "none"
-    return (hidden.requires_grad_(grads), weight, labels, ref_hidden, kw.get("ref_weight"),
-            kw["ce_weight"], kw.get("kl_weight"), library.KL_MODES["forward"], -100,
-            library.REDUCTIONS[reduction], scalar and grads, scalar and grads)
+    return (
+        hidden.requires_grad_(grads),
+        weight,
+        labels,
+        ref_hidden,
+        kw.get("ref_weight"),
+        kw["ce_weight"],
+        kw.get("kl_weight"),
+        library.KL_MODES["forward"],
+        -100,
+        library.REDUCTIONS[reduction],
+        scalar and grads,
+        scalar and grads,
+    )
 
 
-OPS = {"triton": ("safety_loss_fwd_triton", "safety_loss_bwd_triton"),
-       "cuda": ("safety_loss_fwd", "safety_loss_bwd")}
+OPS = {"triton": ("safety_loss_fwd_triton", "safety_loss_bwd_triton"), "cuda": ("safety_loss_fwd", "safety_loss_bwd")}
 
 
 @pytest.mark.parametrize("reduction", ["mean", "none"])
@@ -194,15 +209,32 @@ def test_opcheck_backward(backend):
     _, _, kl, _, _ = fwd(*args)
     hidden, weight, labels, ref_hidden, ref_weight, ce_w, kl_w, kl_mode, ignore = args[:9]
     bwd = getattr(torch.ops.saferegx, OPS[backend][1]).default
-    torch.library.opcheck(bwd, (torch.rand(37, device="cuda"), hidden.detach(), weight, labels,
-                                ref_hidden, ref_weight, ce_w, kl_w, kl, kl_mode, ignore, True, True))
+    torch.library.opcheck(
+        bwd,
+        (
+            torch.rand(37, device="cuda"),
+            hidden.detach(),
+            weight,
+            labels,
+            ref_hidden,
+            ref_weight,
+            ce_w,
+            kl_w,
+            kl,
+            kl_mode,
+            ignore,
+            True,
+            True,
+        ),
+    )
 
 
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_torch_compile_matches_eager(backend, reduction):
-    hidden, weight, labels, ref_hidden, kwargs = problem(97, 64, 1031, dtype=torch.bfloat16,
-                                                         ref="separate", reduction=reduction)
+    hidden, weight, labels, ref_hidden, kwargs = problem(
+        97, 64, 1031, dtype=torch.bfloat16, ref="separate", reduction=reduction
+    )
 
     def step(h, w):
         out = saferegx.safety_loss(h, w, labels, ref_hidden, backend=backend, **kwargs)
@@ -228,8 +260,9 @@ def fresh_autotune(monkeypatch):
     autotune.clear()
 
 
-@pytest.mark.skipif(not ({"triton", "cuda"} <= set(HAVE) and TRITON_COMPILED),
-                    reason="needs both fused CUDA backends, Triton compiled")
+@pytest.mark.skipif(
+    not ({"triton", "cuda"} <= set(HAVE) and TRITON_COMPILED), reason="needs both fused CUDA backends, Triton compiled"
+)
 def test_auto_measures_both_backends_with_cuda_events(fresh_autotune, monkeypatch):
     made = []
     real_event = torch.cuda.Event
@@ -239,24 +272,27 @@ def test_auto_measures_both_backends_with_cuda_events(fresh_autotune, monkeypatc
         return real_event(*args, **kwargs)
 
     monkeypatch.setattr(torch.cuda, "Event", counting_event)
-    hidden, weight, labels, ref_hidden, kwargs = problem(512, 256, 8192, dtype=torch.bfloat16,
-                                                         ref="shared")
+    hidden, weight, labels, ref_hidden, kwargs = problem(512, 256, 8192, dtype=torch.bfloat16, ref="shared")
     h = hidden.requires_grad_()
     out = saferegx.safety_loss(h, weight.requires_grad_(), labels, ref_hidden, **kwargs)
     out.loss.backward()
-    (key, choice), = autotune.choices().items()
+    ((key, choice),) = autotune.choices().items()
     assert key.device.startswith("cuda") and key.grads and key.reduction == "scalar"
     assert set(choice.seconds) == {"triton", "cuda"}
     assert all(0 < s < 10 for s in choice.seconds.values()), choice.seconds
     assert choice.backend == min(choice.seconds, key=choice.seconds.get)
     assert made.count(True) == 2 * 2 * autotune.REPEATS  # start/end event per timed call
     torch.testing.assert_close(
-        out.loss, saferegx.safety_loss(hidden.detach(), weight.detach(), labels, ref_hidden,
-                                       backend=choice.backend, **kwargs).loss)
+        out.loss,
+        saferegx.safety_loss(
+            hidden.detach(), weight.detach(), labels, ref_hidden, backend=choice.backend, **kwargs
+        ).loss,
+    )
 
 
 def test_autotune_times_gpu_work_not_host_time(fresh_autotune):
     """A candidate that enqueues a long GPU spin loses, though its host call returns at once."""
+
     def run_fn(name):
         torch.cuda._sleep(50_000_000 if name == "slow" else 1_000)
 

@@ -1,4 +1,5 @@
 """The C++ CPU backend against the float64 unfused reference, gradients included."""
+
 import itertools
 
 import pytest
@@ -23,9 +24,18 @@ def small_chunks(monkeypatch):
     monkeypatch.setenv("SAFEREGX_CPU_CHUNK", "16")
 
 
-@pytest.mark.parametrize("kl,reduction,ref,row_weights,grad_weight", list(itertools.product(
-    ["forward", "reverse"], ["mean", "sum", "none"], ["none", "shared", "separate"], [True, False],
-    [True, False])))
+@pytest.mark.parametrize(
+    "kl,reduction,ref,row_weights,grad_weight",
+    list(
+        itertools.product(
+            ["forward", "reverse"],
+            ["mean", "sum", "none"],
+            ["none", "shared", "separate"],
+            [True, False],
+            [True, False],
+        )
+    ),
+)
 def test_fp32_matches_float64_reference(seed, kl, reduction, ref, row_weights, grad_weight):
     p = make_problem(kl=kl, reduction=reduction, ref=ref, row_weights=row_weights).to(torch.float32)
     got = run(fused, p, grad_weight=grad_weight)
@@ -110,8 +120,9 @@ def test_zero_weights_give_zero_gradient(seed):
 def test_no_grad_call_forms_no_gradients(seed):
     p = make_problem().to(torch.float32)
     with torch.no_grad():
-        out = saferegx.safety_loss(p.hidden.requires_grad_(), p.weight, p.labels, p.ref_hidden,
-                                   backend="cpu", **p.kwargs)
+        out = saferegx.safety_loss(
+            p.hidden.requires_grad_(), p.weight, p.labels, p.ref_hidden, backend="cpu", **p.kwargs
+        )
     assert not out.loss.requires_grad
     want = oracle(p)
     assert abs(out.loss.item() - want[0].item()) <= FP32_TOL * abs(want[0].item())

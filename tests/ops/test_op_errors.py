@@ -1,4 +1,5 @@
 """Bad input gets a TypeError/ValueError naming the argument, on every backend."""
+
 import pytest
 import torch
 
@@ -8,8 +9,12 @@ N, D, V = 6, 4, 11
 
 
 def good(**over):
-    args = dict(hidden=torch.randn(N, D), weight=torch.randn(V, D), labels=torch.randint(0, V, (N,)),
-                ref_hidden=torch.randn(N, D))
+    args = dict(
+        hidden=torch.randn(N, D),
+        weight=torch.randn(V, D),
+        labels=torch.randint(0, V, (N,)),
+        ref_hidden=torch.randn(N, D),
+    )
     args.update(over)
     return args
 
@@ -18,8 +23,9 @@ def call(backend="cpu", **over):
     args = good()
     kwargs = {k: over.pop(k) for k in list(over) if k not in args}
     args.update(over)
-    return saferegx.safety_loss(args["hidden"], args["weight"], args["labels"], args["ref_hidden"],
-                                backend=backend, **kwargs)
+    return saferegx.safety_loss(
+        args["hidden"], args["weight"], args["labels"], args["ref_hidden"], backend=backend, **kwargs
+    )
 
 
 BAD = [

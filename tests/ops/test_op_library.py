@@ -1,4 +1,5 @@
 """torch.ops.saferegx.*: float64 gradcheck, opcheck, torch.compile, and the integer codes."""
+
 import pytest
 import torch
 
@@ -31,9 +32,20 @@ def test_gradcheck_float64(seed, kl, reduction, ref):
 
 def _fwd_args(p, reduction, grad_hidden, grad_weight):
     kw = p.kwargs
-    return (p.hidden, p.weight, p.labels, p.ref_hidden, kw.get("ref_weight"), kw.get("ce_weight"),
-            kw.get("kl_weight"), library.KL_MODES[kw["kl"]], -100, library.REDUCTIONS[reduction],
-            grad_hidden, grad_weight)
+    return (
+        p.hidden,
+        p.weight,
+        p.labels,
+        p.ref_hidden,
+        kw.get("ref_weight"),
+        kw.get("ce_weight"),
+        kw.get("kl_weight"),
+        library.KL_MODES[kw["kl"]],
+        -100,
+        library.REDUCTIONS[reduction],
+        grad_hidden,
+        grad_weight,
+    )
 
 
 @pytest.mark.parametrize("reduction", ["mean", "none"])
@@ -51,8 +63,21 @@ def test_opcheck_backward(seed):
     p = make_problem(n=11, d=5, v=23, reduction="none").to(torch.float32)
     _, ce, kl, _, _ = OPS.safety_loss_fwd(*_fwd_args(p, "none", False, False))
     kw = p.kwargs
-    args = (torch.rand(11), p.hidden, p.weight, p.labels, p.ref_hidden, None, kw["ce_weight"],
-            kw["kl_weight"], kl, library.KL_MODES["forward"], -100, True, True)
+    args = (
+        torch.rand(11),
+        p.hidden,
+        p.weight,
+        p.labels,
+        p.ref_hidden,
+        None,
+        kw["ce_weight"],
+        kw["kl_weight"],
+        kl,
+        library.KL_MODES["forward"],
+        -100,
+        True,
+        True,
+    )
     torch.library.opcheck(OPS.safety_loss_bwd.default, args)
 
 
@@ -79,14 +104,18 @@ def test_kl_mode_codes_agree_with_cpp(seed, name):
     """Each of library.KL_MODES' codes makes the C++ op compute the KL direction its name says."""
     p = make_problem(n=9, d=5, v=17, ref="separate", kl=name, reduction="none")
     kl = OPS.safety_loss_fwd(*_fwd_args(p, "none", False, False))[2]
-    _, _, want = saferegx.safety_loss_unfused(p.hidden, p.weight, p.labels, p.ref_hidden,
-                                              **p.kwargs)
+    _, _, want = saferegx.safety_loss_unfused(p.hidden, p.weight, p.labels, p.ref_hidden, **p.kwargs)
     torch.testing.assert_close(kl, want, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("field,bad", [("reduction", max(library.REDUCTIONS.values()) + 1),
-                                       ("reduction", -1),
-                                       ("kl_mode", max(library.KL_MODES.values()) + 1)])
+@pytest.mark.parametrize(
+    "field,bad",
+    [
+        ("reduction", max(library.REDUCTIONS.values()) + 1),
+        ("reduction", -1),
+        ("kl_mode", max(library.KL_MODES.values()) + 1),
+    ],
+)
 def test_cpp_rejects_unknown_codes(seed, field, bad):
     p = make_problem(n=5, d=4, v=7).to(torch.float32)
     args = list(_fwd_args(p, "mean", False, False))

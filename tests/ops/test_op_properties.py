@@ -14,6 +14,7 @@ two 16-wide D chunks, V <= 160: up to five 32-wide vocab blocks). Triton and CUD
 Deterministic: each test and backend runs a fixed seed. SAFEREGX_PROPERTY_EXPLORE=K runs K times
 as many examples from a fresh random seed, printed on failure, to look for new failures.
 """
+
 import importlib.util
 import os
 import random
@@ -83,8 +84,10 @@ def _cases() -> tuple[list[Case], dict[str, str], dict[str, str]]:
     if no_triton:
         missing["cpu-triton"] = no_triton
     elif "triton" not in have or not _triton_interpreted():
-        cannot["cpu-triton"] = ("saferegx.ops.triton was imported before TRITON_INTERPRET=1 was set, "
-                                "so it cannot take CPU tensors in this process (run this file alone)")
+        cannot["cpu-triton"] = (
+            "saferegx.ops.triton was imported before TRITON_INTERPRET=1 was set, "
+            "so it cannot take CPU tensors in this process (run this file alone)"
+        )
     if torch.cuda.is_available():
         have = saferegx.available_backends("cuda")
         cases += [Case("cuda", "cuda", dtypes=(F32,)), Case("cuda", **triton)]
@@ -144,8 +147,10 @@ def problems(draw, case: Case, scales=(0.1, 3.0, 30.0), max_d=None, shifted_refe
     weight = torch.randn(v, d, generator=g, dtype=F64) * scale / d**0.5
     labels = torch.randint(0, v, (n,), generator=g)
     labels[torch.rand(n, generator=g) < draw(st.sampled_from([0.0, 0.3, 1.0]))] = -100
-    kwargs = {"kl": draw(st.sampled_from(["forward", "reverse"])),
-              "reduction": draw(st.sampled_from(["mean", "sum", "none"]))}
+    kwargs = {
+        "kl": draw(st.sampled_from(["forward", "reverse"])),
+        "reduction": draw(st.sampled_from(["mean", "sum", "none"])),
+    }
     ref_hidden = None
     if shifted_reference:
         hidden = torch.cat([hidden, torch.randn(n, 1, generator=g, dtype=F64)], 1)
@@ -241,8 +246,9 @@ def assert_matches_oracle(case: Case, p: Problem, got) -> None:
             scale = w.abs() if i in ROWS else w.abs().max()
             bar = torch.maximum(rtol * scale + atol, 3 * u)
             bad = (err > bar).nonzero()
-            assert not bad.numel(), (f"{name}: {rel_err(g, w):.2e}; at {bad[0].tolist()} "
-                                     f"{err[tuple(bad[0])]:.1e} > {bar[tuple(bad[0])]:.1e}")
+            assert not bad.numel(), (
+                f"{name}: {rel_err(g, w):.2e}; at {bad[0].tolist()} {err[tuple(bad[0])]:.1e} > {bar[tuple(bad[0])]:.1e}"
+            )
 
 
 def matches_reference_and_invariants(case, p):

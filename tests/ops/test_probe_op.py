@@ -1,4 +1,5 @@
 """saferegx.probe_risk: the C++ kernel and Triton (interpreter) against float64 and the unfused read."""
+
 import pytest
 import torch
 
@@ -12,9 +13,16 @@ def oracle(acts, positions, w, b):
     return torch.sigmoid(rows @ w.double() + b)
 
 
-@pytest.mark.parametrize("backend,dtype", [  # Triton kernels take fp32/bf16/fp16, not float64
-    ("cpu", torch.float32), ("cpu", torch.float64), ("cpu", torch.bfloat16),
-    ("triton", torch.float32), ("triton", torch.bfloat16)])
+@pytest.mark.parametrize(
+    "backend,dtype",
+    [  # Triton kernels take fp32/bf16/fp16, not float64
+        ("cpu", torch.float32),
+        ("cpu", torch.float64),
+        ("cpu", torch.bfloat16),
+        ("triton", torch.float32),
+        ("triton", torch.bfloat16),
+    ],
+)
 def test_probe_risk_matches_float64(seed, backend, dtype):
     if backend == "triton":
         pytest.importorskip("triton")
@@ -52,19 +60,23 @@ def test_probe_risk_opcheck(seed):
     torch.library.opcheck(torch.ops.saferegx.probe_risk.default, args)
 
 
-@pytest.mark.parametrize("bad,exc,name", [
-    (dict(acts=torch.randn(3, 5)), ValueError, "acts"),
-    (dict(positions=torch.zeros(3)), TypeError, "positions"),
-    (dict(positions=torch.tensor([0, 1])), ValueError, "positions"),
-    (dict(positions=torch.tensor([0, 1, 4])), ValueError, "positions"),
-    (dict(positions=torch.tensor([0, -1, 2])), ValueError, "positions"),
-    (dict(probe_weight=torch.randn(6)), ValueError, "probe_weight"),
-    (dict(probe_bias=torch.zeros(2)), ValueError, "probe_bias"),
-    (dict(backend="gpu"), ValueError, "backend"),
-])
+@pytest.mark.parametrize(
+    "bad,exc,name",
+    [
+        (dict(acts=torch.randn(3, 5)), ValueError, "acts"),
+        (dict(positions=torch.zeros(3)), TypeError, "positions"),
+        (dict(positions=torch.tensor([0, 1])), ValueError, "positions"),
+        (dict(positions=torch.tensor([0, 1, 4])), ValueError, "positions"),
+        (dict(positions=torch.tensor([0, -1, 2])), ValueError, "positions"),
+        (dict(probe_weight=torch.randn(6)), ValueError, "probe_weight"),
+        (dict(probe_bias=torch.zeros(2)), ValueError, "probe_bias"),
+        (dict(backend="gpu"), ValueError, "backend"),
+    ],
+)
 def test_probe_risk_bad_input(bad, exc, name):
-    args = dict(acts=torch.randn(3, 4, 5), positions=torch.tensor([0, 1, 2]),
-                probe_weight=torch.randn(5), probe_bias=0.0)
+    args = dict(
+        acts=torch.randn(3, 4, 5), positions=torch.tensor([0, 1, 2]), probe_weight=torch.randn(5), probe_bias=0.0
+    )
     args.update(bad)
     with pytest.raises(exc, match=name):
         saferegx.probe_risk(**args)

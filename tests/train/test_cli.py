@@ -15,9 +15,19 @@ def model_dir(tmp_path, make_model, tokenizer):
 
 
 def test_train_command_runs_resumes_and_saves_the_adapter(tmp_path, model_dir, data_file, capsys):
-    cfg = {"model": model_dir, "data": data_file(), "output_dir": str(tmp_path / "run"), "risk": "fixed",
-           "max_steps": 2, "batch_size": 4, "max_length": 48, "lora_r": 2, "lora_target_modules": ["q_proj"],
-           "checkpoint_every": 1, "progress": False}
+    cfg = {
+        "model": model_dir,
+        "data": data_file(),
+        "output_dir": str(tmp_path / "run"),
+        "risk": "fixed",
+        "max_steps": 2,
+        "batch_size": 4,
+        "max_length": 48,
+        "lora_r": 2,
+        "lora_target_modules": ["q_proj"],
+        "checkpoint_every": 1,
+        "progress": False,
+    }
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(cfg))
     assert main(["train", "--config", str(path)]) == 0

@@ -1,4 +1,5 @@
 """Config files: defaults, YAML loading, and errors that name the offending key."""
+
 import pytest
 
 from saferegx.train import TrainConfig
@@ -6,8 +7,9 @@ from saferegx.train import TrainConfig
 
 def test_yaml_round_trip_and_defaults(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("data: a.jsonl\nrisk: probe\nprobe: p.safetensors\nlr: 1\nmax_steps: 5\n"
-                    "lora_target_modules: [q_proj]\n")
+    path.write_text(
+        "data: a.jsonl\nrisk: probe\nprobe: p.safetensors\nlr: 1\nmax_steps: 5\nlora_target_modules: [q_proj]\n"
+    )
     cfg = TrainConfig.from_yaml(path)
     assert cfg.data == ["a.jsonl"] and cfg.risk == "probe" and cfg.max_steps == 5
     assert cfg.lr == 1.0 and isinstance(cfg.lr, float)
@@ -16,24 +18,27 @@ def test_yaml_round_trip_and_defaults(tmp_path):
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
 
 
-@pytest.mark.parametrize("values, key", [
-    ({"lerning_rate": 1e-4}, "lerning_rate"),          # unknown key
-    ({"lr": "fast"}, "lr"),                             # wrong type
-    ({"batch_size": 2.5}, "batch_size"),
-    ({"bf16": "yes"}, "bf16"),
-    ({"max_steps": True}, "max_steps"),
-    ({"lora_target_modules": "q_proj"}, "lora_target_modules"),
-    ({"lr": -1.0}, "lr"),                               # out of range
-    ({"beta_max": 1.5}, "beta_max"),
-    ({"beta_min": 0.8, "beta_max": 0.5}, "beta_max"),
-    ({"momentum": 1.0}, "momentum"),
-    ({"grad_accum": 0}, "grad_accum"),
-    ({"risk": "judge"}, "risk"),
-    ({"kl": "js"}, "kl"),
-    ({"reference_precision": "half"}, "reference_precision"),
-    ({"risk": "probe"}, "probe"),                       # probe source without a probe file
-    ({"lora_target_modules": ["q_proj", "lm_head"]}, "lora_target_modules"),
-])
+@pytest.mark.parametrize(
+    "values, key",
+    [
+        ({"lerning_rate": 1e-4}, "lerning_rate"),  # unknown key
+        ({"lr": "fast"}, "lr"),  # wrong type
+        ({"batch_size": 2.5}, "batch_size"),
+        ({"bf16": "yes"}, "bf16"),
+        ({"max_steps": True}, "max_steps"),
+        ({"lora_target_modules": "q_proj"}, "lora_target_modules"),
+        ({"lr": -1.0}, "lr"),  # out of range
+        ({"beta_max": 1.5}, "beta_max"),
+        ({"beta_min": 0.8, "beta_max": 0.5}, "beta_max"),
+        ({"momentum": 1.0}, "momentum"),
+        ({"grad_accum": 0}, "grad_accum"),
+        ({"risk": "judge"}, "risk"),
+        ({"kl": "js"}, "kl"),
+        ({"reference_precision": "half"}, "reference_precision"),
+        ({"risk": "probe"}, "probe"),  # probe source without a probe file
+        ({"lora_target_modules": ["q_proj", "lm_head"]}, "lora_target_modules"),
+    ],
+)
 def test_errors_name_the_key(values, key):
     with pytest.raises(ValueError) as err:
         TrainConfig.from_dict({"data": "a.jsonl", **values})

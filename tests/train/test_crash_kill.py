@@ -10,6 +10,7 @@ final resume must retrace the uninterrupted run step for step.
 Kill steps come from a fixed-seed RNG drawing among several steps (printed), so a failure reproduces;
 SAFEREGX_KILL_SEED=N picks another draw (run with -s to see it).
 """
+
 import json
 import math
 import os
@@ -36,8 +37,8 @@ EXACT = ("step", "epoch", "tokens")
 # cache filled in epoch 1 (~1e-8 apart; with reference_cache_mb: 0 the runs are bit-identical).
 CLOSE = ("loss", "ce", "kl", "risk", "beta", "lr")
 TIMEOUT = 120  # seconds for any one child to reach a point or finish (a loaded 2-core machine)
-TMP = re.compile(r"^\.tmp-step-(\d+)-")                  # any temporary folder of checkpoint.save
-WRITING = re.compile(r"^\.tmp-step-(\d+)-[a-z0-9_]+$")   # one being written (mkdtemp), not deleted
+TMP = re.compile(r"^\.tmp-step-(\d+)-")  # any temporary folder of checkpoint.save
+WRITING = re.compile(r"^\.tmp-step-(\d+)-[a-z0-9_]+$")  # one being written (mkdtemp), not deleted
 
 
 @pytest.fixture
@@ -60,12 +61,14 @@ class Child:
     def __init__(self, config: Path, resume: bool, tag: str):
         self.out = config.parent / f"{tag}.stdout"
         self.err = config.parent / f"{tag}.stderr"
-        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1",
-                   TOKENIZERS_PARALLELISM="false")
+        env = dict(
+            os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false"
+        )
         cmd = [sys.executable, "-m", "saferegx.cli", "train", "--config", str(config)]
         with open(self.out, "w") as out, open(self.err, "w") as err:
-            self.proc = subprocess.Popen(cmd + (["--resume"] if resume else []), stdout=out, stderr=err,
-                                         env=env, cwd=str(config.parent))
+            self.proc = subprocess.Popen(
+                cmd + (["--resume"] if resume else []), stdout=out, stderr=err, env=env, cwd=str(config.parent)
+            )
         self.tag = tag
 
     def stderr(self) -> str:
@@ -86,8 +89,7 @@ class Child:
         deadline = time.monotonic() + TIMEOUT
         while True:
             if self.proc.poll() is not None:
-                pytest.fail(f"{self.tag}: exited ({self.proc.returncode}) before {what}; "
-                            f"stderr:\n{self.stderr()}")
+                pytest.fail(f"{self.tag}: exited ({self.proc.returncode}) before {what}; stderr:\n{self.stderr()}")
             if time.monotonic() > deadline:
                 self.kill()
                 pytest.fail(f"{self.tag}: no {what} within {TIMEOUT} s; stderr:\n{self.stderr()}")
@@ -149,11 +151,19 @@ def _check_checkpoints(root: Path, values: dict) -> list[str]:
             params = [p for p in model.parameters() if p.requires_grad]
             optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
             scheduler = torch.optim.lr_scheduler.LambdaLR(
-                optimizer, lambda s: warmup_cosine(s, warmup=cfg.warmup_steps, total=MAX_STEPS))
+                optimizer, lambda s: warmup_cosine(s, warmup=cfg.warmup_steps, total=MAX_STEPS)
+            )
             order = DataOrder(len(load_examples(cfg.data)), cfg.batch_size, cfg.seed)
             schedule = RiskSchedule(cfg.beta_min, cfg.beta_max, cfg.schedule_mode, cfg.momentum, cfg.alpha)
-            step = checkpoint.load(root / name, model=model, optimizer=optimizer, scheduler=scheduler,
-                                   order=order, schedule=schedule, config=cfg.to_dict())
+            step = checkpoint.load(
+                root / name,
+                model=model,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                order=order,
+                schedule=schedule,
+                config=cfg.to_dict(),
+            )
             assert step == int(name.split("-")[1]) and step % CHECKPOINT_EVERY == 0, name
             assert scheduler.last_epoch == step and optimizer.state, name
     finally:
@@ -165,15 +175,17 @@ def _check_checkpoints(root: Path, values: dict) -> list[str]:
 def _assert_same_run(straight: list[dict], resumed: list[dict]) -> None:
     assert [r["step"] for r in straight] == list(range(1, MAX_STEPS + 1))
     assert [r["step"] for r in resumed] == list(range(1, MAX_STEPS + 1)), "duplicated or missing steps"
-    worst = max(abs(a[k] - b[k]) for a, b in zip(straight, resumed) for k in CLOSE
-                if a[k] is not None and b[k] is not None)
+    worst = max(
+        abs(a[k] - b[k]) for a, b in zip(straight, resumed) for k in CLOSE if a[k] is not None and b[k] is not None
+    )
     print(f"largest |straight - resumed| over {', '.join(CLOSE)}: {worst:.3g}")
     for a, b in zip(straight, resumed):
         assert {k: a[k] for k in EXACT} == {k: b[k] for k in EXACT}
         for key in CLOSE:
             assert a[key] is not None and b[key] is not None, (key, a, b)
-            assert math.isclose(a[key], b[key], rel_tol=1e-5, abs_tol=1e-7), \
+            assert math.isclose(a[key], b[key], rel_tol=1e-5, abs_tol=1e-7), (
                 f"step {a['step']} {key}: straight {a[key]!r}, resumed {b[key]!r}"
+            )
 
 
 def test_sigkill_twice_then_resume_retraces_the_uninterrupted_run(tmp_path, model_dir, data_file, probe_file):
@@ -183,11 +195,28 @@ def test_sigkill_twice_then_resume_retraces_the_uninterrupted_run(tmp_path, mode
     print(f"kill 1 after the metrics line of step {first}; kill 2 while writing checkpoint >= {second}")
 
     # EMA momentum, LoRA dropout (torch RNG), warmup + cosine and epoch boundaries all carry state
-    common = dict(model=model_dir, data=data_file(), risk="probe", probe=probe_file()[0], momentum=0.7,
-                  lora_dropout=0.2, warmup_steps=2, max_steps=MAX_STEPS, batch_size=3, lr=1e-2,
-                  max_length=48, lora_r=4, lora_alpha=8.0, lora_target_modules=["q_proj", "v_proj", "down_proj"],
-                  checkpoint_every=CHECKPOINT_EVERY, keep_checkpoints=2, device="cpu", progress=False,
-                  tensorboard=False, reference_precision="fp32")
+    common = dict(
+        model=model_dir,
+        data=data_file(),
+        risk="probe",
+        probe=probe_file()[0],
+        momentum=0.7,
+        lora_dropout=0.2,
+        warmup_steps=2,
+        max_steps=MAX_STEPS,
+        batch_size=3,
+        lr=1e-2,
+        max_length=48,
+        lora_r=4,
+        lora_alpha=8.0,
+        lora_target_modules=["q_proj", "v_proj", "down_proj"],
+        checkpoint_every=CHECKPOINT_EVERY,
+        keep_checkpoints=2,
+        device="cpu",
+        progress=False,
+        tensorboard=False,
+        reference_precision="fp32",
+    )
     straight_cfg, _ = _write_config(tmp_path, "straight", output_dir=str(tmp_path / "straight"), **common)
     crash_out = tmp_path / "crash"
     crash_cfg, crash_values = _write_config(tmp_path, "crash", output_dir=str(crash_out), **common)
@@ -201,15 +230,16 @@ def test_sigkill_twice_then_resume_retraces_the_uninterrupted_run(tmp_path, mode
         logged = _n_lines(crash_out)
         run.kill()
         newest = checkpoint.latest(root)
-        print(f"kill 1: {logged} metrics lines, latest checkpoint {newest and newest.name}, "
-              f"entries {sorted(os.listdir(root)) if root.exists() else []}")
+        print(
+            f"kill 1: {logged} metrics lines, latest checkpoint {newest and newest.name}, "
+            f"entries {sorted(os.listdir(root)) if root.exists() else []}"
+        )
         early = tuple(_check_checkpoints(root, crash_values))  # leftovers, if it raced into a save
         assert (int(newest.name[5:]) if newest else 0) < logged  # the resume must drop logged steps
 
         # 2. resume, SIGKILL while a checkpoint of step >= `second` is being written
         run = Child(crash_cfg, resume=True, tag="crash-2")
-        run.freeze_when(lambda: bool(_tmp_folders(root, second, early)),
-                        f"a .tmp-step folder of step >= {second}")
+        run.freeze_when(lambda: bool(_tmp_folders(root, second, early)), f"a .tmp-step folder of step >= {second}")
         stale = _tmp_folders(root, second, early)
         logged = _n_lines(crash_out)
         run.kill()
@@ -249,8 +279,15 @@ def _tiny_state():
     model = torch.nn.Linear(3, 2)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
-    return dict(model=model, optimizer=optimizer, scheduler=scheduler, order=DataOrder(5, 2),
-                schedule=RiskSchedule(), config={"seed": 0}, keep=2)
+    return dict(
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        order=DataOrder(5, 2),
+        schedule=RiskSchedule(),
+        config={"seed": 0},
+        keep=2,
+    )
 
 
 def test_a_kill_while_pruning_an_old_checkpoint_leaves_no_half_deleted_step_folder(tmp_path, monkeypatch):

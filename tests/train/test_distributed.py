@@ -6,6 +6,7 @@ last micro-batch one example, so one process has an empty share. Each step's los
 beta and gradient norm (the gradient of the global batch, after DDP/FSDP's reduction) must match a
 single-process run of the same config to float rounding, and so must the saved adapter.
 """
+
 import json
 import os
 import shutil
@@ -21,8 +22,10 @@ import yaml
 
 from conftest import EXAMPLES
 
-pytestmark = pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
-                                reason="needs torch.distributed with gloo")
+pytestmark = pytest.mark.skipif(
+    not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
+    reason="needs torch.distributed with gloo",
+)
 
 REPO = Path(__file__).resolve().parents[2]
 FIELDS = ("loss", "ce", "kl", "risk", "beta", "grad_norm")
@@ -43,15 +46,39 @@ def setup(tmp_path_factory, tokenizer):
     tokenizer.save_pretrained(model_dir)
     (root / "data.jsonl").write_text("".join(json.dumps(e) + "\n" for e in EXAMPLES))
     g = torch.Generator().manual_seed(3)
-    Probe(weight=torch.randn(32, generator=g), bias=-0.3, layers=(1,), pool="last", model_name="tiny-llama",
-          hidden_size=32, num_layers=3, auroc=0.5).save(root / "probe.safetensors")
+    Probe(
+        weight=torch.randn(32, generator=g),
+        bias=-0.3,
+        layers=(1,),
+        pool="last",
+        model_name="tiny-llama",
+        hidden_size=32,
+        num_layers=3,
+        auroc=0.5,
+    ).save(root / "probe.safetensors")
 
     def config(name: str, **overrides) -> Path:
-        values = dict(model=str(model_dir), data=str(root / "data.jsonl"), output_dir=str(root / name),
-                      risk="probe", probe=str(root / "probe.safetensors"), schedule_mode="batch",
-                      momentum=0.5, max_steps=STEPS, batch_size=3, grad_accum=2, lr=1e-2, max_length=48,
-                      lora_r=4, lora_alpha=8.0, lora_target_modules=["q_proj", "v_proj", "down_proj"],
-                      checkpoint_every=1, progress=False, tensorboard=False, reference_precision="fp32")
+        values = dict(
+            model=str(model_dir),
+            data=str(root / "data.jsonl"),
+            output_dir=str(root / name),
+            risk="probe",
+            probe=str(root / "probe.safetensors"),
+            schedule_mode="batch",
+            momentum=0.5,
+            max_steps=STEPS,
+            batch_size=3,
+            grad_accum=2,
+            lr=1e-2,
+            max_length=48,
+            lora_r=4,
+            lora_alpha=8.0,
+            lora_target_modules=["q_proj", "v_proj", "down_proj"],
+            checkpoint_every=1,
+            progress=False,
+            tensorboard=False,
+            reference_precision="fp32",
+        )
         values.update(overrides)
         path = root / f"{name}.yaml"
         path.write_text(yaml.safe_dump(values))
@@ -63,12 +90,20 @@ def setup(tmp_path_factory, tokenizer):
 
 def _launch(command: list[str], tmp: Path) -> str:
     """Runs a launcher with one intra-op thread per process; its output, or the failure with it."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_HOME=str(tmp / "hf"),  # no user accelerate config
-               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])))
-    proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    }
+    env.update(
+        OMP_NUM_THREADS="1",
+        HF_HUB_OFFLINE="1",
+        HF_HOME=str(tmp / "hf"),  # no user accelerate config
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
+    )
+    proc = subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     try:
         out, _ = proc.communicate(timeout=300)
     except subprocess.TimeoutExpired:
@@ -80,8 +115,22 @@ def _launch(command: list[str], tmp: Path) -> str:
 
 
 def _torchrun(config: Path, tmp: Path) -> str:
-    return _launch([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                    "-m", "saferegx.cli", "train", "--config", str(config)], tmp)
+    return _launch(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "saferegx.cli",
+            "train",
+            "--config",
+            str(config),
+        ],
+        tmp,
+    )
 
 
 def _free_port() -> int:
@@ -141,10 +190,30 @@ def test_torchrun_fsdp_matches_one_process_and_resumes(setup, tmp_path):
 def test_accelerate_launch_matches_one_process(setup, tmp_path):
     pytest.importorskip("accelerate")
     root, config = setup
-    out = _launch([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                   "--main_process_port", str(_free_port()), "-m", "saferegx.cli", "train",
-                   "--config", str(config("accelerate"))], tmp_path)
+    out = _launch(
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            str(_free_port()),
+            "-m",
+            "saferegx.cli",
+            "train",
+            "--config",
+            str(config("accelerate")),
+        ],
+        tmp_path,
+    )
     assert out.count(f"trained {STEPS} steps") == 1, out[-2000:]
     _assert_same_training(root / "single", root / "accelerate")
 

@@ -1,5 +1,6 @@
 """kl_gate: a sequence whose beta is below the gate trains with beta = 0, and the reference never
 runs on it; the pre-pass risk the gate reads is the reference's own probe read."""
+
 import json
 
 import pytest
@@ -22,6 +23,7 @@ def counted_reference_pass(monkeypatch):
     def counting(policy, reference, batch, *args, **kwargs):
         seen.append(list(batch.prompts))
         return real(policy, reference, batch, *args, **kwargs)
+
     monkeypatch.setattr(loop, "reference_pass", counting)
     return seen
 
@@ -29,8 +31,9 @@ def counted_reference_pass(monkeypatch):
 def reference_risk(model, batch, probe):
     """The probe read by hand from the full reference forward (adapters off) at the prompt's end."""
     with torch.no_grad(), model.disable_adapter():
-        hs = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                   output_hidden_states=True).hidden_states
+        hs = model(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask, output_hidden_states=True
+        ).hidden_states
     acts = torch.stack([hs[i + 1] for i in probe.layers]).mean(0)
     risk = torch.sigmoid(acts[torch.arange(len(batch.prompts)), batch.prompt_pos] @ probe.weight + probe.bias)
     return torch.where(torch.isnan(batch.risk), risk, batch.risk)
@@ -42,8 +45,9 @@ def first_batch(cfg, tokenizer):
     return collate(tokenizer, [examples[i] for i in idx], cfg.max_length)
 
 
-def test_gated_step_equals_the_step_with_beta_zeroed_below_the_gate(config, tokenizer, lora_model, probe_file,
-                                                                    counted_reference_pass):
+def test_gated_step_equals_the_step_with_beta_zeroed_below_the_gate(
+    config, tokenizer, lora_model, probe_file, counted_reference_pass
+):
     path, probe = probe_file("last")
     cfg = config(risk="probe", probe=path, max_steps=1, schedule_mode="sequence", batch_size=7)
     batch = first_batch(cfg, tokenizer)
@@ -63,8 +67,14 @@ def test_gated_step_equals_the_step_with_beta_zeroed_below_the_gate(config, toke
     valid = batch.labels != IGNORE_INDEX
     seq = valid.nonzero()[:, 0]
     alpha = (1 - beta).clamp(0.1, 0.9)  # the schedule's alpha: the gate zeroes beta alone
-    want = saferegx.safety_loss(policy[valid], model.get_base_model().lm_head.weight, batch.labels[valid],
-                                ref[valid], ce_weight=alpha[seq], kl_weight=zeroed[seq])
+    want = saferegx.safety_loss(
+        policy[valid],
+        model.get_base_model().lm_head.weight,
+        batch.labels[valid],
+        ref[valid],
+        ce_weight=alpha[seq],
+        kl_weight=zeroed[seq],
+    )
 
     got = train(cfg, model=model, tokenizer=tokenizer).history[0]
     n = batch.n_tokens
@@ -82,32 +92,44 @@ def test_gated_step_equals_the_step_with_beta_zeroed_below_the_gate(config, toke
 def test_gate_zero_changes_nothing(config, tokenizer, lora_model, probe_file):
     path, _ = probe_file("last")
     common = dict(risk="probe", probe=path, max_steps=3, schedule_mode="sequence", reference_cache_mb=0)
-    a = train(config(output_dir=str(config().output_dir) + "-a", **common), model=lora_model(),
-              tokenizer=tokenizer).history
-    b = train(config(output_dir=str(config().output_dir) + "-b", kl_gate=0.0, **common), model=lora_model(),
-              tokenizer=tokenizer).history
+    a = train(
+        config(output_dir=str(config().output_dir) + "-a", **common), model=lora_model(), tokenizer=tokenizer
+    ).history
+    b = train(
+        config(output_dir=str(config().output_dir) + "-b", kl_gate=0.0, **common),
+        model=lora_model(),
+        tokenizer=tokenizer,
+    ).history
     assert [{k: r[k] for k in DETERMINISTIC} for r in a] == [{k: r[k] for k in DETERMINISTIC} for r in b]
     assert all(r["gated_out"] is None for r in a)
 
 
 def test_batch_mode_gates_the_batch_beta(config, tokenizer, lora_model, probe_file, counted_reference_pass):
     path, _ = probe_file("last")
-    cfg = config(risk="probe", probe=path, max_steps=3, schedule_mode="batch", kl_gate=0.99,
-                 reference_cache_mb=0)
+    cfg = config(risk="probe", probe=path, max_steps=3, schedule_mode="batch", kl_gate=0.99, reference_cache_mb=0)
     h = train(cfg, model=lora_model(), tokenizer=tokenizer).history
     assert all(r["beta"] == 0 and r["kl"] == 0 and r["gated_out"] == 1 for r in h)
     assert counted_reference_pass == []  # every batch gated out: the reference never ran
 
 
-def test_resume_with_a_gate_retraces_the_uninterrupted_run(config, tokenizer, make_model, lora_model, probe_file,
-                                                          tmp_path):
+def test_resume_with_a_gate_retraces_the_uninterrupted_run(
+    config, tokenizer, make_model, lora_model, probe_file, tmp_path
+):
     path, probe = probe_file("last")
     everything = first_batch(config(batch_size=7), tokenizer)
     g = float((0.1 + 0.8 * reference_risk(lora_model(), everything, probe)).median())
-    common = dict(risk="probe", probe=path, max_steps=5, checkpoint_every=2, batch_size=3,
-                  schedule_mode="sequence", kl_gate=g, reference_cache_mb=0, lora_dropout=0.2)
-    straight = train(config(output_dir=str(tmp_path / "a"), **common), model=make_model(),
-                     tokenizer=tokenizer).history
+    common = dict(
+        risk="probe",
+        probe=path,
+        max_steps=5,
+        checkpoint_every=2,
+        batch_size=3,
+        schedule_mode="sequence",
+        kl_gate=g,
+        reference_cache_mb=0,
+        lora_dropout=0.2,
+    )
+    straight = train(config(output_dir=str(tmp_path / "a"), **common), model=make_model(), tokenizer=tokenizer).history
     assert any(0 < r["gated_out"] < 1 for r in straight)  # the gate splits some batches
 
     cfg = config(output_dir=str(tmp_path / "b"), **common)

@@ -1,4 +1,5 @@
 """SafetyTrainer: the fused loss inside transformers.Trainer."""
+
 import dataclasses
 import math
 
@@ -14,19 +15,36 @@ from conftest import composed_loss
 
 
 def args(tmp_path, **kw):
-    return TrainingArguments(output_dir=str(tmp_path / "hf"), max_steps=3, per_device_train_batch_size=3,
-                             gradient_accumulation_steps=2, learning_rate=1e-2, logging_steps=1,
-                             save_strategy="no", report_to=[], use_cpu=True, seed=0,
-                             dataloader_num_workers=0, **kw)
+    return TrainingArguments(
+        output_dir=str(tmp_path / "hf"),
+        max_steps=3,
+        per_device_train_batch_size=3,
+        gradient_accumulation_steps=2,
+        learning_rate=1e-2,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        seed=0,
+        dataloader_num_workers=0,
+        **kw,
+    )
 
 
 def test_compute_loss_is_the_hand_composed_loss(tmp_path, tokenizer, lora_model, probe_file, examples):
     _, probe = probe_file("last")
     model = lora_model()
     collator = SafetyCollator(tokenizer, max_length=48)
-    trainer = SafetyTrainer(model=model, args=args(tmp_path), train_dataset=examples,
-                            data_collator=collator, risk="probe", probe=probe,
-                            schedule=RiskSchedule(mode="sequence"), reference_precision="fp32")
+    trainer = SafetyTrainer(
+        model=model,
+        args=args(tmp_path),
+        train_dataset=examples,
+        data_collator=collator,
+        risk="probe",
+        probe=probe,
+        schedule=RiskSchedule(mode="sequence"),
+        reference_precision="fp32",
+    )
     inputs = collator(examples[2:5])
     expected, risk, beta = composed_loss(model, trainer_batch(inputs), probe, "sequence")
     with torch.no_grad():
@@ -47,8 +65,14 @@ def test_safety_trainer_trains_a_few_steps(tmp_path, tokenizer, lora_model, prob
     _, probe = probe_file("last")
     model = lora_model()
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    trainer = SafetyTrainer(model=model, args=args(tmp_path), train_dataset=examples,
-                            data_collator=SafetyCollator(tokenizer, 48), risk="probe", probe=probe)
+    trainer = SafetyTrainer(
+        model=model,
+        args=args(tmp_path),
+        train_dataset=examples,
+        data_collator=SafetyCollator(tokenizer, 48),
+        risk="probe",
+        probe=probe,
+    )
     trainer.train()
     losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
     assert len(losses) == 3 and all(math.isfinite(x) and x > 0 for x in losses)
@@ -61,14 +85,25 @@ def test_safety_trainer_trains_a_few_steps(tmp_path, tokenizer, lora_model, prob
 
 def test_safety_trainer_needs_a_reference(tmp_path, tokenizer, make_model, examples):
     with pytest.raises(ValueError, match="reference"):
-        SafetyTrainer(model=make_model(), args=args(tmp_path), train_dataset=examples,
-                      data_collator=SafetyCollator(tokenizer), risk="fixed")
+        SafetyTrainer(
+            model=make_model(),
+            args=args(tmp_path),
+            train_dataset=examples,
+            data_collator=SafetyCollator(tokenizer),
+            risk="fixed",
+        )
 
 
 def test_safety_trainer_refuses_an_unknown_reference_precision(tmp_path, tokenizer, lora_model, examples):
     with pytest.raises(ValueError, match="reference_precision must be one of auto, bf16, fp32, got 'half'"):
-        SafetyTrainer(model=lora_model(), args=args(tmp_path), train_dataset=examples,
-                      data_collator=SafetyCollator(tokenizer), risk="fixed", reference_precision="half")
+        SafetyTrainer(
+            model=lora_model(),
+            args=args(tmp_path),
+            train_dataset=examples,
+            data_collator=SafetyCollator(tokenizer),
+            risk="fixed",
+            reference_precision="half",
+        )
 
 
 def test_policy_hidden_is_the_final_hidden_state_without_every_layers(lora_model, tokenizer, examples):
@@ -85,8 +120,9 @@ def test_policy_hidden_is_the_final_hidden_state_without_every_layers(lora_model
     assert len(seen) == 1 and not seen[0].get("output_hidden_states") and seen[0]["logits_to_keep"] == 1
     assert hidden.requires_grad and head is model.get_base_model().lm_head.weight
     with torch.no_grad():
-        expected = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
-                         output_hidden_states=True).hidden_states[-1]
+        expected = model(
+            input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], output_hidden_states=True
+        ).hidden_states[-1]
     torch.testing.assert_close(hidden.detach(), expected, rtol=0, atol=0)
 
 
@@ -115,8 +151,11 @@ def test_policy_hidden_goes_through_ddp_so_its_gradient_hooks_fire(tmp_path, lor
         for bypass in (False, True):
             reduced.clear()
             if bypass:
-                hidden = unwrap(model).get_decoder()(input_ids=inputs["input_ids"],
-                                                     attention_mask=inputs["attention_mask"]).last_hidden_state
+                hidden = (
+                    unwrap(model)
+                    .get_decoder()(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+                    .last_hidden_state
+                )
             else:
                 hidden = policy_hidden(ddp, model, inputs["input_ids"], inputs["attention_mask"])[0]
             hidden[inputs["labels"] != -100].square().sum().backward()

@@ -1,4 +1,5 @@
 """The training loop against hand-composed losses, on tiny Llamas with the real tokenizer."""
+
 import copy
 import json
 from pathlib import Path
@@ -43,8 +44,9 @@ def test_mean_pooled_probe_over_a_layer_range(config, tokenizer, lora_model, pro
     model = lora_model()
     batch = first_batch(cfg, tokenizer)
     with torch.no_grad(), model.disable_adapter():
-        hs = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                   output_hidden_states=True).hidden_states
+        hs = model(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask, output_hidden_states=True
+        ).hidden_states
     acts = (hs[1] + hs[2]) / 2
     t = torch.arange(acts.shape[1])
     mask = (t[None] <= batch.prompt_pos[:, None]).float()[..., None]  # prompt tokens only
@@ -80,7 +82,7 @@ def test_lora_reference_is_the_base_model(config, tokenizer, make_model):
     result = train(config(risk="fixed", max_steps=3), model=base, tokenizer=tokenizer)
     h = result.history
     assert h[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # LoRA starts at B = 0: policy == reference
-    assert h[2]["kl"] > 1e-4                            # and drifts once it trains
+    assert h[2]["kl"] > 1e-4  # and drifts once it trains
     batch = first_batch(config(), tokenizer)
     ref, _ = reference_pass(result.model, None, batch)
     expected = untouched.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
@@ -96,7 +98,7 @@ def test_risk_sources_run(config, tokenizer, make_model, probe_file, risk):
     h = train(cfg, model=model, tokenizer=tokenizer).history
     assert [r["step"] for r in h] == [1, 2]
     assert all(r["loss"] > 0 for r in h)
-    lines = (cfg.output_dir + "/metrics.jsonl")
+    lines = cfg.output_dir + "/metrics.jsonl"
     assert [json.loads(line) for line in open(lines)] == h
     if risk == "none":  # plain SFT: CE only, and no reference forward at all
         assert len(calls) == 4 and all(r["kl"] == 0 and r["beta"] is None and r["risk"] is None for r in h)
@@ -146,8 +148,14 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(config, tokeni
 def test_bf16_reference_stays_close_to_fp32_reference(risk, config, tokenizer, lora_model, probe_file, tmp_path):
     """reference_precision: bf16 changes only the frozen pass (the KL target and the probe read)."""
     extra = {"probe": probe_file()[0], "schedule_mode": "sequence"} if risk == "probe" else {}
-    runs = {p: train(config(max_steps=2, risk=risk, reference_precision=p, output_dir=str(tmp_path / p), **extra),
-                     model=lora_model(), tokenizer=tokenizer).history for p in ("fp32", "bf16")}
+    runs = {
+        p: train(
+            config(max_steps=2, risk=risk, reference_precision=p, output_dir=str(tmp_path / p), **extra),
+            model=lora_model(),
+            tokenizer=tokenizer,
+        ).history
+        for p in ("fp32", "bf16")
+    }
     for a, b in zip(runs["fp32"], runs["bf16"]):
         assert b["kl"] == pytest.approx(a["kl"], rel=0.05, abs=1e-4)
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-2)
@@ -166,7 +174,8 @@ def test_reference_precision_auto_follows_the_hardware():
 
 def test_bf16_autocast_runs_and_stays_close_to_fp32(config, tokenizer, make_model, tmp_path):
     fp32 = train(config(max_steps=1, output_dir=str(tmp_path / "fp32")), model=make_model(), tokenizer=tokenizer)
-    bf16 = train(config(max_steps=1, bf16=True, output_dir=str(tmp_path / "bf16")), model=make_model(),
-                 tokenizer=tokenizer)
+    bf16 = train(
+        config(max_steps=1, bf16=True, output_dir=str(tmp_path / "bf16")), model=make_model(), tokenizer=tokenizer
+    )
     assert bf16.history[0]["loss"] == pytest.approx(fp32.history[0]["loss"], rel=2e-2)
     assert bf16.history[0]["loss"] != fp32.history[0]["loss"]  # autocast did take effect

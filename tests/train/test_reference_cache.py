@@ -1,4 +1,5 @@
 """The reference cache: the frozen reference runs once per example, and reusing it changes nothing."""
+
 import pytest
 import torch
 
@@ -19,17 +20,22 @@ def counted_reference_pass(monkeypatch):
     def counting(policy, reference, batch, *args, **kwargs):
         seen.append(batch.input_ids.shape[0])
         return real(policy, reference, batch, *args, **kwargs)
+
     monkeypatch.setattr(loop, "reference_pass", counting)
     return seen
 
 
 @pytest.mark.parametrize("risk", ["probe", "fixed"])
 def test_cached_run_equals_uncached_and_runs_the_reference_once_per_example(
-        config, tokenizer, lora_model, probe_file, examples, counted_reference_pass, risk):
+    config, tokenizer, lora_model, probe_file, examples, counted_reference_pass, risk
+):
     path, _ = probe_file("last")
     common = dict(risk=risk, probe=path, epochs=3, max_steps=None, batch_size=3, schedule_mode="sequence")
-    off = train(config(reference_cache_mb=0, output_dir=str(config().output_dir) + "-off", **common),
-                model=lora_model(), tokenizer=tokenizer).history
+    off = train(
+        config(reference_cache_mb=0, output_dir=str(config().output_dir) + "-off", **common),
+        model=lora_model(),
+        tokenizer=tokenizer,
+    ).history
     runs_off = sum(counted_reference_pass)
     counted_reference_pass.clear()
     on = train(config(**common), model=lora_model(), tokenizer=tokenizer).history

@@ -1,4 +1,5 @@
 """SafeSFTTrainer: saferegx's loss inside TRL's SFTTrainer, checked against saferegx's own loop."""
+
 import json
 import math
 import re
@@ -24,10 +25,24 @@ LORA = dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
 
 def sft_args(tmp_path, **kw):
     """A small CPU run in fp32 (TRL's defaults are bf16 and gradient checkpointing)."""
-    values = dict(output_dir=str(tmp_path / "trl"), max_steps=2, per_device_train_batch_size=3,
-                  learning_rate=1e-2, logging_steps=1, save_strategy="no", report_to=[], use_cpu=True,
-                  bf16=False, gradient_checkpointing=False, seed=0, dataloader_num_workers=0,
-                  max_length=MAX_LENGTH, reference_precision="fp32", risk="fixed", disable_tqdm=True)
+    values = dict(
+        output_dir=str(tmp_path / "trl"),
+        max_steps=2,
+        per_device_train_batch_size=3,
+        learning_rate=1e-2,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        bf16=False,
+        gradient_checkpointing=False,
+        seed=0,
+        dataloader_num_workers=0,
+        max_length=MAX_LENGTH,
+        reference_precision="fp32",
+        risk="fixed",
+        disable_tqdm=True,
+    )
     values.update(kw)
     return SafeSFTConfig(**values)
 
@@ -36,18 +51,35 @@ def same_tokens(tokenizer, examples):
     """saferegx's examples as TRL prompt/completion rows that tokenize to saferegx's own ids: the
     prompt as the chat template renders it before the answer (what saferegx.lm.format_prompt
     encodes), the completion the response (TRL appends EOS, as saferegx does)."""
-    return Dataset.from_list([
-        {"prompt": tokenizer.apply_chat_template([{"role": "user", "content": e["prompt"]}], tokenize=False,
-                                                 add_generation_prompt=True),
-         "completion": e["response"], "risk": e.get("risk")} for e in examples])
+    return Dataset.from_list(
+        [
+            {
+                "prompt": tokenizer.apply_chat_template(
+                    [{"role": "user", "content": e["prompt"]}], tokenize=False, add_generation_prompt=True
+                ),
+                "completion": e["response"],
+                "risk": e.get("risk"),
+            }
+            for e in examples
+        ]
+    )
 
 
 def conversations(examples):
     """The examples as conversational ``messages``, each after a short first exchange."""
-    return Dataset.from_list([{"messages": [
-        {"role": "user", "content": "Hello!"}, {"role": "assistant", "content": "Hi, how can I help?"},
-        {"role": "user", "content": e["prompt"]}, {"role": "assistant", "content": e["response"]}]}
-        for e in examples])
+    return Dataset.from_list(
+        [
+            {
+                "messages": [
+                    {"role": "user", "content": "Hello!"},
+                    {"role": "assistant", "content": "Hi, how can I help?"},
+                    {"role": "user", "content": e["prompt"]},
+                    {"role": "assistant", "content": e["response"]},
+                ]
+            }
+            for e in examples
+        ]
+    )
 
 
 def test_loss_is_the_hand_composed_loss(tmp_path, tokenizer, lora_model, probe_file, examples):
@@ -55,8 +87,12 @@ def test_loss_is_the_hand_composed_loss(tmp_path, tokenizer, lora_model, probe_f
     the loss written out from saferegx.safety_loss on saferegx's own collated batch."""
     path, probe = probe_file("last")
     model = lora_model()
-    trainer = SafeSFTTrainer(model=model, args=sft_args(tmp_path, risk="probe", probe=path, schedule_mode="sequence"),
-                             train_dataset=same_tokens(tokenizer, examples), processing_class=tokenizer)
+    trainer = SafeSFTTrainer(
+        model=model,
+        args=sft_args(tmp_path, risk="probe", probe=path, schedule_mode="sequence"),
+        train_dataset=same_tokens(tokenizer, examples),
+        processing_class=tokenizer,
+    )
     inputs = trainer.data_collator([trainer.train_dataset[i] for i in (2, 3, 4)])
     batch = collate(tokenizer, examples[2:5], MAX_LENGTH)  # saferegx's own tokens, labels and prompt ends
     assert torch.equal(inputs["input_ids"], batch.input_ids)
@@ -75,13 +111,21 @@ def test_loss_is_the_hand_composed_loss(tmp_path, tokenizer, lora_model, probe_f
     assert half.item() == pytest.approx(expected.loss.item() / 2, rel=1e-5)
 
 
-def test_first_step_is_saferegx_trains_first_step(tmp_path, tokenizer, make_model, probe_file, config, data_file,
-                                                  examples, monkeypatch):
+def test_first_step_is_saferegx_trains_first_step(
+    tmp_path, tokenizer, make_model, probe_file, config, data_file, examples, monkeypatch
+):
     """LoRA by peft_config, the probe in batch mode, all examples in one batch: the first step's
     loss, CE, risk and beta are those of saferegx.train.train on the same model and data."""
     path, _ = probe_file("last")
-    cfg = config(data=data_file(examples), risk="probe", probe=path, batch_size=len(examples), max_steps=1,
-                 max_length=MAX_LENGTH, lora_target_modules=LORA["target_modules"])
+    cfg = config(
+        data=data_file(examples),
+        risk="probe",
+        probe=path,
+        batch_size=len(examples),
+        max_steps=1,
+        max_length=MAX_LENGTH,
+        lora_target_modules=LORA["target_modules"],
+    )
     ours = train(cfg, model=make_model(), tokenizer=tokenizer).history[0]
 
     losses = []
@@ -93,10 +137,13 @@ def test_first_step_is_saferegx_trains_first_step(tmp_path, tokenizer, make_mode
         return loss
 
     monkeypatch.setattr(SafeSFTTrainer, "compute_loss", spy)
-    trainer = SafeSFTTrainer(model=make_model(), peft_config=LoraConfig(**LORA), processing_class=tokenizer,
-                             args=sft_args(tmp_path, risk="probe", probe=path, max_steps=1,
-                                           per_device_train_batch_size=len(examples)),
-                             train_dataset=same_tokens(tokenizer, examples))
+    trainer = SafeSFTTrainer(
+        model=make_model(),
+        peft_config=LoraConfig(**LORA),
+        processing_class=tokenizer,
+        args=sft_args(tmp_path, risk="probe", probe=path, max_steps=1, per_device_train_batch_size=len(examples)),
+        train_dataset=same_tokens(tokenizer, examples),
+    )
     trainer.train()
     log = trainer.state.log_history[0]
     assert losses[0] == pytest.approx(ours["loss"], rel=1e-5)
@@ -113,19 +160,31 @@ class GradAtStep(TrainerCallback):
         self.grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def test_gradient_accumulation_over_unequal_micro_batches_is_one_big_batch(tmp_path, tokenizer, lora_model,
-                                                                           probe_file, examples):
+def test_gradient_accumulation_over_unequal_micro_batches_is_one_big_batch(
+    tmp_path, tokenizer, lora_model, probe_file, examples
+):
     """Micro-batches of 3 and 2 sequences (and unequal token counts), normalized by HF's global
     count, give the gradient of one batch of 5."""
     path, _ = probe_file("last")
     grads = []
     for batch_size, accum in ((5, 1), (3, 2)):
         grab = GradAtStep()
-        trainer = SafeSFTTrainer(model=lora_model(), processing_class=tokenizer, callbacks=[grab],
-                                 args=sft_args(tmp_path, risk="probe", probe=path, schedule_mode="sequence",
-                                               max_steps=1, per_device_train_batch_size=batch_size,
-                                               gradient_accumulation_steps=accum, max_grad_norm=0.0),
-                                 train_dataset=same_tokens(tokenizer, examples[:5]))
+        trainer = SafeSFTTrainer(
+            model=lora_model(),
+            processing_class=tokenizer,
+            callbacks=[grab],
+            args=sft_args(
+                tmp_path,
+                risk="probe",
+                probe=path,
+                schedule_mode="sequence",
+                max_steps=1,
+                per_device_train_batch_size=batch_size,
+                gradient_accumulation_steps=accum,
+                max_grad_norm=0.0,
+            ),
+            train_dataset=same_tokens(tokenizer, examples[:5]),
+        )
         trainer.train()
         grads.append(grab.grads)
     big, accumulated = grads
@@ -141,10 +200,20 @@ def test_messages_train_on_the_last_assistant_turn(tmp_path, tokenizer, probe_fi
 
     path, _ = probe_file("last")
     model = tiny_llama(vocab_size=len(tokenizer), hidden_size=32, num_layers=3)
-    trainer = SafeSFTTrainer(model=model, peft_config=LoraConfig(**LORA), processing_class=tokenizer,
-                             args=sft_args(tmp_path, risk="probe", probe=path, max_steps=3,
-                                           per_device_train_batch_size=2, gradient_accumulation_steps=2),
-                             train_dataset=conversations(examples))
+    trainer = SafeSFTTrainer(
+        model=model,
+        peft_config=LoraConfig(**LORA),
+        processing_class=tokenizer,
+        args=sft_args(
+            tmp_path,
+            risk="probe",
+            probe=path,
+            max_steps=3,
+            per_device_train_batch_size=2,
+            gradient_accumulation_steps=2,
+        ),
+        train_dataset=conversations(examples),
+    )
     row = trainer.train_dataset[0]
     trained = tokenizer.decode([t for t in row["labels"] if t != IGNORE_INDEX])
     assert trained.startswith(examples[0]["response"]) and "Hi, how can I help?" not in trained
@@ -183,9 +252,13 @@ def test_critic_judges_the_prompt_text_and_evaluation_logs(tmp_path, tokenizer, 
     survives remove_unused_columns); evaluation reports eval_ce/kl/risk/beta and leaves the
     batch-mode EMA of training as it was."""
     critic = RecordingCritic()
-    trainer = SafeSFTTrainer(model=lora_model(), critic=critic, processing_class=tokenizer,
-                             args=sft_args(tmp_path, risk="critic", max_steps=2, momentum=0.5),
-                             train_dataset=conversations(examples))
+    trainer = SafeSFTTrainer(
+        model=lora_model(),
+        critic=critic,
+        processing_class=tokenizer,
+        args=sft_args(tmp_path, risk="critic", max_steps=2, momentum=0.5),
+        train_dataset=conversations(examples),
+    )
     trainer.train()
     assert critic.seen and set(critic.seen) <= {e["prompt"] for e in examples}
     ema = trainer.schedule.ema.clone()
@@ -199,10 +272,22 @@ def test_full_fine_tuning_against_ref_model(tmp_path, tokenizer, make_model, exa
     """Conversational prompt/completion, every weight trains, the reference is ref_model (frozen)."""
     reference = make_model()
     frozen = {n: p.detach().clone() for n, p in reference.named_parameters()}
-    data = Dataset.from_list([{"prompt": [{"role": "user", "content": e["prompt"]}],
-                               "completion": [{"role": "assistant", "content": e["response"]}]} for e in examples])
-    trainer = SafeSFTTrainer(model=make_model(), ref_model=reference, processing_class=tokenizer, train_dataset=data,
-                             args=sft_args(tmp_path, risk="fixed", beta=0.5, max_steps=2, learning_rate=1e-3))
+    data = Dataset.from_list(
+        [
+            {
+                "prompt": [{"role": "user", "content": e["prompt"]}],
+                "completion": [{"role": "assistant", "content": e["response"]}],
+            }
+            for e in examples
+        ]
+    )
+    trainer = SafeSFTTrainer(
+        model=make_model(),
+        ref_model=reference,
+        processing_class=tokenizer,
+        train_dataset=data,
+        args=sft_args(tmp_path, risk="fixed", beta=0.5, max_steps=2, learning_rate=1e-3),
+    )
     trainer.train()
     logs = [r for r in trainer.state.log_history if "loss" in r]
     assert [r["beta"] for r in logs] == [0.5, 0.5] and "risk" not in logs[0]
@@ -215,9 +300,13 @@ def test_bf16_trains_with_the_reference_in_bf16(tmp_path, tokenizer, make_model,
     """TRL's default precision: bf16 autocast for the policy (on a CPU here), the reference in bf16
     as in saferegx's loop, the loss still computed in fp32 by the op."""
     path, _ = probe_file("last")
-    trainer = SafeSFTTrainer(model=make_model(), peft_config=LoraConfig(**LORA), processing_class=tokenizer,
-                             args=sft_args(tmp_path, bf16=True, risk="probe", probe=path, max_steps=2),
-                             train_dataset=conversations(examples))
+    trainer = SafeSFTTrainer(
+        model=make_model(),
+        peft_config=LoraConfig(**LORA),
+        processing_class=tokenizer,
+        args=sft_args(tmp_path, bf16=True, risk="probe", probe=path, max_steps=2),
+        train_dataset=conversations(examples),
+    )
     assert trainer.reference_bf16
     trainer.train()
     logs = [r for r in trainer.state.log_history if "loss" in r]
@@ -225,9 +314,13 @@ def test_bf16_trains_with_the_reference_in_bf16(tmp_path, tokenizer, make_model,
 
 
 def test_messages_are_split_at_the_last_assistant_turn():
-    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-            {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "2 + 2?"},
-            {"role": "assistant", "content": "4"}]
+    chat = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello"},
+        {"role": "user", "content": "2 + 2?"},
+        {"role": "assistant", "content": "4"},
+    ]
     (row,) = as_prompt_completion(Dataset.from_list([{"messages": chat}]))
     assert row["prompt"] == chat[:4] and row["completion"] == chat[4:]
     assert row["saferegx_prompt"] == "2 + 2?"
@@ -239,12 +332,25 @@ def test_messages_are_split_at_the_last_assistant_turn():
         as_prompt_completion(Dataset.from_list([{"text": "no prompt to judge"}]))
 
 
-@pytest.mark.parametrize("field,value", [
-    ("risk", "critics"), ("schedule_mode", "token"), ("alpha", "half"), ("kl", "sideways"),
-    ("reference_precision", "half"), ("backend", "gpu"), ("beta", 1.5), ("beta", "0.5"),
-    ("beta_min", -0.1), ("kl_gate", 2.0), ("momentum", 1.0), ("packing", True), ("padding_free", True),
-    ("completion_only_loss", False),
-])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("risk", "critics"),
+        ("schedule_mode", "token"),
+        ("alpha", "half"),
+        ("kl", "sideways"),
+        ("reference_precision", "half"),
+        ("backend", "gpu"),
+        ("beta", 1.5),
+        ("beta", "0.5"),
+        ("beta_min", -0.1),
+        ("kl_gate", 2.0),
+        ("momentum", 1.0),
+        ("packing", True),
+        ("padding_free", True),
+        ("completion_only_loss", False),
+    ],
+)
 def test_bad_config_values_name_the_field(tmp_path, field, value):
     with pytest.raises(ValueError, match=f"SafeSFTConfig field '{field}'"):
         sft_args(tmp_path, **{field: value})
@@ -257,8 +363,12 @@ def test_config_relations_and_references_are_checked(tmp_path, tokenizer, make_m
         sft_args(tmp_path, risk="probe")
     data = same_tokens(tokenizer, examples[:2])
     with pytest.raises(ValueError, match="field 'probe': no probe file"):
-        SafeSFTTrainer(model=make_model(), args=sft_args(tmp_path, risk="probe", probe=str(tmp_path / "none")),
-                       train_dataset=data, processing_class=tokenizer)
+        SafeSFTTrainer(
+            model=make_model(),
+            args=sft_args(tmp_path, risk="probe", probe=str(tmp_path / "none")),
+            train_dataset=data,
+            processing_class=tokenizer,
+        )
     with pytest.raises(ValueError, match="needs a safe reference"):
         SafeSFTTrainer(model=make_model(), args=sft_args(tmp_path), train_dataset=data, processing_class=tokenizer)
 
@@ -274,8 +384,9 @@ def as_plain_trl(snippet: str) -> str:
     return "\n".join(re.sub(r"^(\s*).*# was: (.*)$", r"\1\2", line) for line in snippet.splitlines())
 
 
-def test_readme_snippet_is_a_plain_trl_script_with_its_import_and_probe_changed(tmp_path, tokenizer, make_model,
-                                                                                probe_file, examples, monkeypatch):
+def test_readme_snippet_is_a_plain_trl_script_with_its_import_and_probe_changed(
+    tmp_path, tokenizer, make_model, probe_file, examples, monkeypatch
+):
     """The README's script runs as it stands, on the tiny model (its folder name replaced) and on a
     CPU (the machine's settings put into the config); the plain TRL script it came from differs in
     its import, its trainer's class and its config line (the probe), and runs too."""
@@ -292,11 +403,22 @@ def test_readme_snippet_is_a_plain_trl_script_with_its_import_and_probe_changed(
     make_model().save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     shutil.copy(probe_file("last")[0], tmp_path / "probe.safetensors")
-    Path("train.jsonl").write_text("".join(
-        json.dumps({"prompt": [{"role": "user", "content": e["prompt"]}],
-                    "completion": [{"role": "assistant", "content": e["response"]}]}) + "\n" for e in examples))
-    machine = ("use_cpu=True, bf16=False, gradient_checkpointing=False, max_steps=2, per_device_train_batch_size=4, "
-               "logging_steps=1, report_to=[], save_strategy='no', disable_tqdm=True, ")
+    Path("train.jsonl").write_text(
+        "".join(
+            json.dumps(
+                {
+                    "prompt": [{"role": "user", "content": e["prompt"]}],
+                    "completion": [{"role": "assistant", "content": e["response"]}],
+                }
+            )
+            + "\n"
+            for e in examples
+        )
+    )
+    machine = (
+        "use_cpu=True, bf16=False, gradient_checkpointing=False, max_steps=2, per_device_train_batch_size=4, "
+        "logging_steps=1, report_to=[], save_strategy='no', disable_tqdm=True, "
+    )
     for script, name in ((snippet, "saferegx"), (plain, "trl")):
         script = script.replace(model_id, str(folder))
         script = re.sub(r"\b(SafeSFTConfig|SFTConfig)\(", lambda m: f"{m.group(1)}({machine}", script)
