@@ -3,7 +3,9 @@
 // (ATen). What differs stays with each backend: the CPU converts operands to its accumulation
 // type, CUDA keeps the input dtype and fp32 per-row weights.
 #pragma once
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 
 #include <algorithm>
 #include <cstdint>

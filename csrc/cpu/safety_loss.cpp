@@ -5,8 +5,14 @@
 // the head is shared, so W is read once), the per-row softmax statistics are taken in place
 // (parallel over rows), dL/dz overwrites z, and dh = dz W, dW += dz^T h finish the chunk.
 // Three GEMMs in all, memory O(chunk * V), never an [N, V] buffer.
-#include <ATen/ATen.h>
+// Per-operator headers, not ATen/ATen.h (see _build_flags.py).
+#define TORCH_ASSERT_ONLY_METHOD_OPERATORS
 #include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/scalar_tensor.h>
+#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <algorithm>
