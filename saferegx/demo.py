@@ -40,7 +40,7 @@ from .data.prompts import default_split, harmful_prompts, with_benign
 from .data.tasks import utility_task
 from .eval.asr import is_refusal
 from .eval.generate import generate
-from .eval.heldout import evaluate, held_out
+from .eval.heldout import HeldOut, evaluate, held_out
 from .eval.report import write_report
 from .risk.critic import EmbeddingCritic
 from .risk.probe import Probe
@@ -229,18 +229,21 @@ def run(out: Path, sizes: Sizes, seed: int = 0) -> dict:
     from .eval.judge import default_judge
 
     judge = default_judge(seed)
-    training = [texts[i] for i in torch.cat([train_idx, val_idx]).tolist() if labels[i] == 1]
-    sets = held_out(
-        [t for t in pick(test_idx, 1, 10**9) if t in harmbench][: sizes.eval_harmful],
-        pick(test_idx, 0, sizes.eval_benign),
-        training,
-        n_advbench=sizes.eval_advbench,
-        n_task=sizes.eval_task,
-        n_lookalike=sizes.eval_lookalike,
-        seed=seed,
-    )
-    if not (out / "data" / "held_out.json").exists():  # a rerun rewrites nothing it finished
-        _write_json(out / "data" / "held_out.json", {**sets.sizes(), "advbench_dropped": sets.dropped})
+    sets_file = out / "data" / "held_out.json"
+    if sets_file.exists():  # a rerun rewrites nothing it finished, and skips the near-duplicate check
+        sets = HeldOut.from_json(json.loads(sets_file.read_text()))
+    else:
+        training = [texts[i] for i in torch.cat([train_idx, val_idx]).tolist() if labels[i] == 1]
+        sets = held_out(
+            [t for t in pick(test_idx, 1, 10**9) if t in harmbench][: sizes.eval_harmful],
+            pick(test_idx, 0, sizes.eval_benign),
+            training,
+            n_advbench=sizes.eval_advbench,
+            n_task=sizes.eval_task,
+            n_lookalike=sizes.eval_lookalike,
+            seed=seed,
+        )
+        _write_json(sets_file, sets.to_json())
     results, logs = {}, {}
     for arm in ["reference", *ARMS]:
         eval_file = out / arm / "eval.json"  # beside the model it scores: gone when the model is
@@ -272,7 +275,9 @@ def run(out: Path, sizes: Sizes, seed: int = 0) -> dict:
                 model, tokenizer = load_model(ref_dir)  # training injected LoRA layers into `model`
             from peft import PeftModel
 
-            model = PeftModel.from_pretrained(model, arm_out / "adapter").eval()
+            # merged for evaluation: the same weights up to fp32 rounding, and generation without
+            # PEFT's per-layer adapter calls
+            model = PeftModel.from_pretrained(model, arm_out / "adapter").merge_and_unload().eval()
         _stage(f"evaluate: {arm}")
         results[arm], samples = evaluate(model, tokenizer, sets, judge, max_new_tokens=sizes.max_new_tokens)
         if arm in logs:
@@ -280,7 +285,10 @@ def run(out: Path, sizes: Sizes, seed: int = 0) -> dict:
             results[arm]["gated_out"] = sum(gated) / len(gated) if gated else None
         _write(out / "samples" / f"{arm}.jsonl", samples)
         _write_json(eval_file, results[arm])
-    agreement = judge_agreement(seed)
+    agreement_file = out / "judge_agreement.json"
+    if not agreement_file.exists():
+        _write_json(agreement_file, judge_agreement(seed))
+    agreement = json.loads(agreement_file.read_text())
     notes = (
         f"Judge: {agreement['line']}\n\nAudit of the attack data (risk before training, "
         + "; ".join(

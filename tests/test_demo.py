@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from saferegx.demo import ARMS, Sizes, run
+from saferegx.eval.heldout import HeldOut
 
 TINY = Sizes(
     ref_harmful=8,
@@ -142,3 +143,8 @@ def test_a_rerun_reuses_every_finished_stage(demo):
     }
     assert run(out, TINY, seed=0) == results
     assert {p: p.stat().st_mtime_ns for p in written} == written
+    # the held-out sets are kept as drawn, so a rerun scores the same prompts without redrawing
+    sets = HeldOut.from_json(json.loads((out / "data" / "held_out.json").read_text()))
+    assert sets.sizes() == SETS and all(len(x) == 2 for x in sets.advbench)
+    samples = [json.loads(line) for line in (out / "samples" / "reference.jsonl").read_text().splitlines()]
+    assert [s["prompt"] for s in samples if s["set"] == "benign"] == sets.benign

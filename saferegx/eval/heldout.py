@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from ..data.lookalikes import lookalike_prompts
 from ..data.prompts import advbench_prompts
@@ -44,6 +44,15 @@ class HeldOut:
             "benign": len(self.benign),
             "lookalike": len(self.lookalike),
         }
+
+    def to_json(self) -> dict:
+        """Every set as drawn (a rerun reads them back instead of drawing and checking again)."""
+        return {"sizes": self.sizes(), **asdict(self)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> HeldOut:
+        fields = {k: v for k, v in data.items() if k != "sizes"}
+        return cls(**{**fields, "advbench": [tuple(x) for x in fields["advbench"]]})
 
 
 def held_out(

@@ -92,20 +92,22 @@ class MiniLMEncoder:
 
     @torch.no_grad()
     def encode(self, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
-        out = []
-        for start in range(0, len(texts), batch_size):
-            batch = self.tokenizer(
-                list(texts[start : start + batch_size]),
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                return_tensors="pt",
-            )
+        """``[len(texts), 384]`` unit vectors, in order. Batches group texts of similar token length,
+        so that a batch is not padded to its one long response (half the compute on mixed data)."""
+        texts = list(texts)
+        if not texts:
+            return torch.empty(0, self.model.config.hidden_size)
+        ids = self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
+        order = sorted(range(len(texts)), key=lambda k: len(ids[k]))
+        out = torch.empty(len(texts), self.model.config.hidden_size)
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            batch = self.tokenizer.pad({"input_ids": [ids[k] for k in rows]}, return_tensors="pt")
             hidden = self.model(**batch).last_hidden_state
             m = batch["attention_mask"][..., None].float()
             emb = (hidden * m).sum(1) / m.sum(1).clamp_min(1e-9)
-            out.append(torch.nn.functional.normalize(emb, dim=-1))
-        return torch.cat(out)
+            out[rows] = torch.nn.functional.normalize(emb, dim=-1)
+        return out
 
 
 class EmbeddingCritic(CachedCritic):
