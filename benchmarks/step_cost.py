@@ -13,10 +13,13 @@ realistic one (5% harmful). The risk each example gets is its own ``risk`` field
 task: what a good probe gives), while the probe's pre-pass still runs over every prompt, so its
 cost is real (a random probe at layer 21, the demo's layer). The adaptive arms use the demo's
 schedule (sequence mode, beta 0..0.9). The runs alternate (A B C, C B A, ...) so a shared
-machine's drift hits all arms alike. The pre-pass is reported as a share of one epoch of plain
-SFT: (its seconds) / (steps per epoch x the median plain step).
+machine's drift hits all arms alike; step i of every run trains the same batch, so besides the
+ratio of median step times the table gives the median of the per-step ratios (arm / plain, the
+same step of the same repeat), which the batches' differing lengths do not blur. The pre-pass is
+reported as a share of one epoch of plain SFT: (its seconds) / (steps per epoch x the median
+plain step).
 
-    .venv/bin/python benchmarks/step_cost.py [--steps 12] [--repeats 2] [--gate 0.05] [--write]
+    .venv/bin/python benchmarks/step_cost.py [--steps 16] [--repeats 3] [--gate 0.05] [--write]
 """
 
 from __future__ import annotations
@@ -98,8 +101,8 @@ def run_arm(arm: str, data: Path, probe: Path, out: Path, steps: int, batch: int
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=12, help="optimizer steps per run (epoch 1)")
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=16, help="optimizer steps per run (epoch 1)")
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--gate", type=float, default=0.05, help="kl_gate of the gated arm")
     ap.add_argument("--mixes", default=",".join(MIXES), help="comma-separated, from: " + ", ".join(MIXES))
@@ -125,13 +128,14 @@ def main() -> None:
 
     arms = ("plain", "adaptive", "adaptive + gate")
     table = (
-        "| mix | arm | median s/step | ratio to plain | sequences gated out | pre-pass s | "
-        "pre-pass / plain epoch |\n|---|---|---:|---:|---:|---:|---:|\n"
+        "| mix | arm | median s/step | ratio of medians | median paired ratio | sequences gated out | "
+        "pre-pass s | pre-pass / plain epoch |\n|---|---|---:|---:|---:|---:|---:|---:|\n"
     )
     summary = []
     for mix in [m.strip() for m in args.mixes.split(",")]:
         data = write_mix(tmp / f"{len(summary)}.jsonl", *MIXES[mix])
         seconds = {a: [] for a in arms}
+        runs = {a: [] for a in arms}  # per repeat, the step times: step i trains the same batch in every arm
         prepass = {a: [] for a in arms}
         gated = {a: [] for a in arms}
         for rep in range(args.repeats):
@@ -140,6 +144,7 @@ def main() -> None:
                     arm, data, probe, tmp / f"{arm}-{rep}-{len(summary)}", args.steps, args.batch, args.gate
                 )
                 seconds[arm] += s[1:]  # the first step warms up allocator and threads
+                runs[arm].append(s[1:])
                 prepass[arm].append(pre)
                 gated[arm].append(g)
                 print(
@@ -150,9 +155,10 @@ def main() -> None:
             med = statistics.median(seconds[arm])
             pre = statistics.median(prepass[arm])
             g = statistics.mean(gated[arm])
+            paired = statistics.median(a / b for run, base in zip(runs[arm], runs["plain"]) for a, b in zip(run, base))
             share = "-" if arm == "plain" else f"{100 * pre / (per_epoch * plain):.1f}%"
             table += (
-                f"| {mix} | {arm} | {med:.2f} | {med / plain:.2f}x | "
+                f"| {mix} | {arm} | {med:.2f} | {med / plain:.2f}x | {paired:.2f}x | "
                 f"{'-' if math.isnan(g) else f'{100 * g:.0f}%'} | "
                 f"{'-' if arm == 'plain' else f'{pre:.1f}'} | {share} |\n"
             )

@@ -118,9 +118,13 @@ class Batch:
         return Batch(**tensors, prompts=self.prompts, responses=self.responses)
 
     def select(self, rows: Sequence[int]) -> Batch:
-        """The sub-batch of the given sequences (same width: padding is trimmed by nobody)."""
+        """The sub-batch of the given sequences, its right padding cut to the longest of them (the
+        gated-in sequences' reference pass: a causal model's outputs at the kept positions are
+        those of the full width)."""
         index = torch.tensor(list(rows), dtype=torch.long, device=self.input_ids.device)
-        tensors = {k: getattr(self, k)[index] for k in ("input_ids", "attention_mask", "labels", "prompt_pos", "risk")}
+        width = int(self.attention_mask[index].sum(1).max()) if len(index) else 0
+        tensors = {k: getattr(self, k)[index, :width] for k in ("input_ids", "attention_mask", "labels")}
+        tensors.update({k: getattr(self, k)[index] for k in ("prompt_pos", "risk")})
         return Batch(**tensors, prompts=[self.prompts[i] for i in rows], responses=[self.responses[i] for i in rows])
 
     @property

@@ -16,16 +16,26 @@ DETERMINISTIC = ("step", "epoch", "loss", "ce", "kl", "risk", "beta", "gated_out
 
 @pytest.fixture
 def counted_reference_pass(monkeypatch):
-    """The real reference pass, recording the prompts of the sequences it runs on."""
-    seen = []
+    """The real reference pass, recording the prompts of the sequences it runs on; ``.widths``
+    holds each sub-batch's width."""
+    seen = RecordedPasses()
     real = loop.reference_pass
 
     def counting(policy, reference, batch, *args, **kwargs):
         seen.append(list(batch.prompts))
+        seen.widths.append(batch.input_ids.shape[1])
         return real(policy, reference, batch, *args, **kwargs)
 
     monkeypatch.setattr(loop, "reference_pass", counting)
     return seen
+
+
+class RecordedPasses(list):
+    """The prompts of each reference pass, in order, and (``widths``) each pass's width."""
+
+    def __init__(self):
+        super().__init__()
+        self.widths: list[int] = []
 
 
 def reference_risk(model, batch, probe):
@@ -87,6 +97,21 @@ def test_gated_step_equals_the_step_with_beta_zeroed_below_the_gate(
     # the reference ran once, on exactly the gated-in sequences
     kept = {p for p, b in zip(batch.prompts, zeroed) if b > 0}
     assert len(counted_reference_pass) == 1 and set(counted_reference_pass[0]) == kept
+    # ... cut to the longest of them (its loss rows are those of the full width: loss above)
+    longest = max(int(m.sum()) for m, b in zip(batch.attention_mask, zeroed) if b > 0)
+    assert counted_reference_pass.widths == [longest]
+
+
+def test_select_cuts_the_padding_to_the_longest_selected_sequence(config, tokenizer):
+    batch = first_batch(config(batch_size=7), tokenizer)
+    lengths = batch.attention_mask.sum(1)
+    short = lengths.argsort()[:3].tolist()
+    sub = batch.select(short)
+    assert sub.input_ids.shape == (3, int(lengths[short].max()))
+    assert sub.input_ids.shape[1] < batch.input_ids.shape[1]  # the data's lengths differ: a real cut
+    assert torch.equal(sub.labels, batch.labels[short, : sub.labels.shape[1]])
+    assert (batch.labels[short, sub.labels.shape[1] :] == IGNORE_INDEX).all()  # only padding cut
+    assert torch.equal(sub.prompt_pos, batch.prompt_pos[short]) and sub.prompts == [batch.prompts[i] for i in short]
 
 
 def test_gate_zero_changes_nothing(config, tokenizer, lora_model, probe_file):
