@@ -134,7 +134,6 @@ def main() -> None:
     summary = []
     for mix in [m.strip() for m in args.mixes.split(",")]:
         data = write_mix(tmp / f"{len(summary)}.jsonl", *MIXES[mix])
-        seconds = {a: [] for a in arms}
         runs = {a: [] for a in arms}  # per repeat, the step times: step i trains the same batch in every arm
         prepass = {a: [] for a in arms}
         gated = {a: [] for a in arms}
@@ -143,13 +142,13 @@ def main() -> None:
                 s, pre, per_epoch, g = run_arm(
                     arm, data, probe, tmp / f"{arm}-{rep}-{len(summary)}", args.steps, args.batch, args.gate
                 )
-                seconds[arm] += s[1:]  # the first step warms up allocator and threads
-                runs[arm].append(s[1:])
+                runs[arm].append(s[1:])  # the first step warms up allocator and threads
                 prepass[arm].append(pre)
                 gated[arm].append(g)
                 print(
                     f"{mix} repeat {rep} {arm}: {statistics.median(s[1:]):.2f} s/step, pre-pass {pre:.1f} s", flush=True
                 )
+        seconds = {a: [t for run in runs[a] for t in run] for a in arms}
         plain = statistics.median(seconds["plain"])
         for arm in arms:
             med = statistics.median(seconds[arm])
