@@ -96,7 +96,8 @@ QUICK = Sizes(
     attack_harmful=32,
     attack_task=48,
     attack_epochs=2,
-    probe_prompts=300,
+    # the probe on the whole split, as in the full run: on 300 prompts validation AUROC ties at
+    # 1.0 between candidates, so the sweep cannot choose (the audit then found 23 of 27 harmful)
     probe_task=60,
     eval_harmful=30,
     eval_advbench=40,

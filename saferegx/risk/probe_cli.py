@@ -37,10 +37,14 @@ def add_parser(sub) -> None:
     fit.add_argument(
         "--layer",
         default="auto",
-        help="decoder layer to read (negative counts from the top), or 'auto': best validation AUROC (default)",
+        help="decoder layer to read (negative counts from the top), or 'auto': the best by validation AUROC "
+        "among single layers and windows of 3 adjacent layers averaged (default)",
     )
     fit.add_argument(
-        "--pool", choices=("last", "mean"), default="last", help="last prompt token (default) or mean over the prompt"
+        "--pool",
+        choices=("auto", "last", "mean"),
+        default="auto",
+        help="last prompt token, mean over the prompt, or 'auto': both tried, the better by validation AUROC (default)",
     )
     fit.add_argument("--seed", type=int, default=0, help="split and subsample seed (default 0)")
     fit.add_argument(

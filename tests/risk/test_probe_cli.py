@@ -94,9 +94,14 @@ def test_fit_prints_test_metrics_and_saves_the_chosen_layer(fitted):
     assert result["n_train"] > 2 * result["n_val"] and abs(result["n_val"] - result["n_test"]) <= 2
     probe = Probe.load(path)
     assert (probe.model_name, probe.hidden_size, probe.num_layers) == ("tiny", 32, 4)
-    assert probe.layers == (result["layer"],) and probe.pool == result["pool"] == "last"
-    assert [s["layers"] for s in probe.sweep] == [[0], [1], [2], [3]]  # auto: every layer tried
+    assert list(probe.layers) == result["layers"] and probe.layers[0] == result["layer"]
+    assert probe.pool == result["pool"]
+    # auto: every layer and every window of 3 adjacent layers, under both pools
+    tried = [[0], [1], [2], [3], [0, 1, 2], [1, 2, 3]]
+    assert [(s["pool"], s["layers"]) for s in probe.sweep] == [(p, t) for p in ("last", "mean") for t in tried]
     assert probe.auroc == result["val_auroc"] == max(s["auroc"] for s in probe.sweep)
+    best = next(s for s in probe.sweep if s["auroc"] == probe.auroc)  # the first on a tie
+    assert (best["pool"], best["layers"]) == (probe.pool, list(probe.layers))
 
 
 @pytest.mark.slow
@@ -122,7 +127,8 @@ def test_fit_fixed_layer_and_mean_pool(models, tmp_path):
     result = one_json_line(stdout)
     assert (result["layer"], result["pool"]) == (3, "mean")
     probe = Probe.load(out)
-    assert probe.layers == (3,) and probe.pool == "mean" and len(probe.sweep) == 1
+    assert probe.layers == (3,) and probe.pool == "mean"
+    assert [(s["pool"], s["layers"]) for s in probe.sweep] == [("mean", [3])]
 
 
 @pytest.mark.slow
