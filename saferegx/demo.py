@@ -64,7 +64,7 @@ MAX_LENGTH = 256
 
 @dataclass
 class Sizes:
-    """How much of everything a run uses; --quick is the small version (45 min on 2 busy cores)."""
+    """How much of everything a run uses; --quick is the small version (17 min on 2 idle cores)."""
 
     ref_harmful: int = 400  # refusal pairs for the safe reference, HarmBench prompts first
     ref_benign: int = 245  # benign prompts answered by the base model itself (all of train)
