@@ -36,9 +36,8 @@ def fit_default_probe(
     ``layer``: a decoder layer (negative counts from the top), or None for the best by validation
     AUROC among single layers and windows of ``WINDOW`` adjacent layers averaged. ``pool``:
     ``last`` (the last prompt token), ``mean`` (over the prompt) or ``auto``, both tried (one
-    forward serves them) and the better kept. On the quick demo's reference the mean over layers
-    19-21 won (validation AUROC 0.9949; the best last-token probe, layer 21: 0.9917) and put 26
-    of the 27 harmful attack prompts above risk 0.5 (the layer-21 last-token probe: 24).
+    forward serves them) and the better kept (on the demo's reference a mean-pooled window wins
+    and flags more of the harmful attack prompts: docs/risk.md).
     ``max_prompts``: a stratified subsample of about that many prompts (quick runs).
     ``benign``: extra benign prompts (e.g. from one's own fine-tuning data), split 60/20/20 like
     the rest, so that the probe knows what that kind of benign instruction looks like.
@@ -70,6 +69,7 @@ def fit_default_probe(
     train, val, test = (pos[s] for s in splits)
     y = labels[used]
     acts = prompt_activations(model, tokenizer, [texts[i] for i in used], layers, pools, progress=progress)
+    data = f"{FIT_DATA}(seed={seed})" + (f" + benign {benign_name}" if benign else "") + f", train {len(train)}"
     fitted = [
         fit_probe(
             acts[p],
@@ -81,7 +81,7 @@ def fit_default_probe(
             candidates=candidates,
             model_name=lm.model_name(model),
             num_layers=n_layers,
-            data=f"{FIT_DATA}(seed={seed})" + (f" + benign {benign_name}" if benign else "") + f", train {len(train)}",
+            data=data,
         )
         for p in pools
     ]
