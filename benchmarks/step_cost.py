@@ -12,14 +12,18 @@ data) and the demo's benign utility task: the demo's proportion (85 harmful : 30
 realistic one (5% harmful). The risk each example gets is its own ``risk`` field (1 harmful, 0
 task: what a good probe gives), while the probe's pre-pass still runs over every prompt, so its
 cost is real (a random probe at layer 21, the demo's layer). The adaptive arms use the demo's
-schedule (sequence mode, beta 0..0.9). The runs alternate (A B C, C B A, ...) so a shared
-machine's drift hits all arms alike; step i of every run trains the same batch, so besides the
-ratio of median step times the table gives the median of the per-step ratios (arm / plain, the
-same step of the same repeat), which the batches' differing lengths do not blur. The pre-pass is
-reported as a share of one epoch of plain SFT: (its seconds) / (steps per epoch x the median
-plain step).
+schedule (sequence mode, beta 0..0.9).
 
-    .venv/bin/python benchmarks/step_cost.py [--steps 16] [--repeats 3] [--gate 0.05] [--write]
+The three runs of a repeat live in one process and take turns *step by step* (``train_steps``; the
+order of the turns alternates, A B C, C B A, ...), so a shared machine's drift, which moved whole
+runs by up to 24% between repeats when they took turns run by run, hits the same step of every arm
+alike. Step i of every run trains the same batch, so the table gives, besides the ratio of median
+step times, the median of the per-step ratios (arm / plain, same step, same repeat) and the ratio
+of mean step times, which is the ratio of epoch times, with a 95% bootstrap interval over the
+paired steps. The pre-pass is reported as a share of one epoch of plain SFT: (its seconds) /
+(steps per epoch x the mean plain step).
+
+    .venv/bin/python benchmarks/step_cost.py [--steps 32] [--repeats 1] [--gate 0.05] [--write]
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import argparse
 import json
 import math
 import os
+import random
 import shlex
 import statistics
 import sys
@@ -44,7 +49,7 @@ from saferegx.data.prompts import harmful_prompts
 from saferegx.data.tasks import utility_task
 from saferegx.lm import decoder_layers, model_name
 from saferegx.risk.probe import Probe
-from saferegx.train import TrainConfig, train
+from saferegx.train import TrainConfig, train_steps
 
 from _common import RESULTS, append_results, machine
 
@@ -68,14 +73,13 @@ def write_mix(path: Path, n_harmful: int, n_task: int) -> Path:
     return path
 
 
-def run_arm(arm: str, data: Path, probe: Path, out: Path, steps: int, batch: int, gate: float):
-    """(per-step seconds, pre-pass seconds, steps per epoch, fraction gated out) of one run."""
+def start_arm(arm: str, data: Path, probe: Path, out: Path, steps: int, batch: int, gate: float):
+    """The arm's run as a ``train_steps`` generator: one optimizer step per ``next()``."""
     model, tokenizer = load_model()
-    risk = {"plain": "none"}.get(arm, "probe")
     cfg = TrainConfig(
         data=[str(data)],
         output_dir=str(out),
-        risk=risk,
+        risk={"plain": "none"}.get(arm, "probe"),
         probe=str(probe),
         schedule_mode="sequence",
         beta_min=0.0,
@@ -88,21 +92,40 @@ def run_arm(arm: str, data: Path, probe: Path, out: Path, steps: int, batch: int
         progress=False,
         seed=0,
     )
-    result = train(cfg, model=model, tokenizer=tokenizer)
-    n = sum(1 for line in data.read_text().splitlines() if line.strip())
-    gated = [r["gated_out"] for r in result.history if r.get("gated_out") is not None]
-    return (
-        [r["seconds"] for r in result.history],
-        result.prepass_seconds,
-        math.ceil(n / batch),
-        statistics.mean(gated) if gated else float("nan"),
+    return train_steps(cfg, model=model, tokenizer=tokenizer)
+
+
+def run_repeat(arms, data: Path, probe: Path, out: Path, steps: int, batch: int, gate: float):
+    """The arms' runs stepped in turn: {arm: TrainResult}."""
+    runs = {arm: start_arm(arm, data, probe, out / arm, steps, batch, gate) for arm in arms}
+    results = {}
+    turn = 0
+    while runs:
+        for arm in [a for a in (arms if turn % 2 == 0 else arms[::-1]) if a in runs]:
+            try:
+                next(runs[arm])
+            except StopIteration as done:
+                results[arm] = done.value
+                del runs[arm]
+        turn += 1
+    return results
+
+
+def ratio_interval(arm: list[float], plain: list[float], n: int = 2000) -> tuple[float, float]:
+    """95% bootstrap interval of sum(arm) / sum(plain) over paired steps."""
+    rng = random.Random(0)
+    idx = range(len(arm))
+    ratios = sorted(
+        sum(arm[i] for i in pick) / sum(plain[i] for i in pick)
+        for pick in (rng.choices(idx, k=len(arm)) for _ in range(n))
     )
+    return ratios[int(0.025 * n)], ratios[int(0.975 * n) - 1]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=16, help="optimizer steps per run (epoch 1)")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=32, help="optimizer steps per run (epoch 1)")
+    ap.add_argument("--repeats", type=int, default=1, help="fresh sets of the three runs")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--gate", type=float, default=0.05, help="kl_gate of the gated arm")
     ap.add_argument("--mixes", default=",".join(MIXES), help="comma-separated, from: " + ", ".join(MIXES))
@@ -128,53 +151,55 @@ def main() -> None:
 
     arms = ("plain", "adaptive", "adaptive + gate")
     table = (
-        "| mix | arm | median s/step | ratio of medians | median paired ratio | sequences gated out | "
-        "pre-pass s | pre-pass / plain epoch |\n|---|---|---:|---:|---:|---:|---:|---:|\n"
+        "| mix | arm | median s/step | ratio of medians | median paired ratio | ratio of means (95% CI) | "
+        "sequences gated out | pre-pass s | pre-pass / plain epoch |\n|---|---|---:|---:|---:|---:|---:|---:|---:|\n"
     )
     summary = []
     for mix in [m.strip() for m in args.mixes.split(",")]:
         data = write_mix(tmp / f"{len(summary)}.jsonl", *MIXES[mix])
-        runs = {a: [] for a in arms}  # per repeat, the step times: step i trains the same batch in every arm
+        n = sum(1 for line in data.read_text().splitlines() if line.strip())
+        per_epoch = math.ceil(n / args.batch)
+        seconds = {a: [] for a in arms}  # step i of repeat r trains the same batch in every arm
         prepass = {a: [] for a in arms}
         gated = {a: [] for a in arms}
         for rep in range(args.repeats):
-            for arm in arms if rep % 2 == 0 else arms[::-1]:
-                s, pre, per_epoch, g = run_arm(
-                    arm, data, probe, tmp / f"{arm}-{rep}-{len(summary)}", args.steps, args.batch, args.gate
-                )
-                runs[arm].append(s[1:])  # the first step warms up allocator and threads
-                prepass[arm].append(pre)
-                gated[arm].append(g)
-                print(
-                    f"{mix} repeat {rep} {arm}: {statistics.median(s[1:]):.2f} s/step, pre-pass {pre:.1f} s", flush=True
-                )
-        seconds = {a: [t for run in runs[a] for t in run] for a in arms}
-        plain = statistics.median(seconds["plain"])
+            results = run_repeat(arms, data, probe, tmp / f"{len(summary)}-{rep}", args.steps, args.batch, args.gate)
+            for arm, result in results.items():
+                seconds[arm] += [r["seconds"] for r in result.history][1:]  # step 1 warms up allocator, threads
+                prepass[arm].append(result.prepass_seconds)
+                gated[arm] += [r["gated_out"] for r in result.history if r.get("gated_out") is not None]
+            print(
+                f"{mix} repeat {rep}: "
+                + ", ".join(f"{a} {statistics.median(seconds[a][-args.steps + 1 :]):.2f}" for a in arms)
+                + " s/step (medians)",
+                flush=True,
+            )
+        plain, plain_mean = statistics.median(seconds["plain"]), statistics.mean(seconds["plain"])
+        row = {}
         for arm in arms:
             med = statistics.median(seconds[arm])
             pre = statistics.median(prepass[arm])
-            g = statistics.mean(gated[arm])
-            paired = statistics.median(a / b for run, base in zip(runs[arm], runs["plain"]) for a, b in zip(run, base))
-            share = "-" if arm == "plain" else f"{100 * pre / (per_epoch * plain):.1f}%"
+            paired = statistics.median(a / b for a, b in zip(seconds[arm], seconds["plain"]))
+            mean_ratio = statistics.mean(seconds[arm]) / plain_mean
+            low, high = ratio_interval(seconds[arm], seconds["plain"])
+            row[arm] = (med / plain, paired, mean_ratio, low, high)
+            share = "-" if arm == "plain" else f"{100 * pre / (per_epoch * plain_mean):.1f}%"
             table += (
                 f"| {mix} | {arm} | {med:.2f} | {med / plain:.2f}x | {paired:.2f}x | "
-                f"{'-' if math.isnan(g) else f'{100 * g:.0f}%'} | "
+                f"{mean_ratio:.2f}x ({low:.2f}-{high:.2f}) | "
+                f"{f'{100 * statistics.mean(gated[arm]):.0f}%' if gated[arm] else '-'} | "
                 f"{'-' if arm == 'plain' else f'{pre:.1f}'} | {share} |\n"
             )
-        summary.append(
-            (
-                mix,
-                statistics.median(seconds["adaptive + gate"]) / plain,
-                statistics.median(seconds["adaptive"]) / plain,
-                statistics.median(prepass["adaptive + gate"]) / (per_epoch * plain),
-            )
-        )
+        summary.append((mix, row, statistics.median(prepass["adaptive + gate"]) / (per_epoch * plain_mean)))
     table += (
         "\n"
         + "\n".join(
-            f"- {mix}: adaptive + gate **{gated_ratio:.2f}x** plain (no gate {ungated:.2f}x); pre-pass "
-            f"{100 * share:.1f}% of a plain epoch"
-            for mix, gated_ratio, ungated, share in summary
+            f"- {mix}: adaptive + gate **{row['adaptive + gate'][0]:.2f}x** plain by medians, "
+            f"{row['adaptive + gate'][1]:.2f}x paired, {row['adaptive + gate'][2]:.2f}x by means "
+            f"({row['adaptive + gate'][3]:.2f}-{row['adaptive + gate'][4]:.2f}); no gate "
+            f"{row['adaptive'][0]:.2f}x / {row['adaptive'][1]:.2f}x / {row['adaptive'][2]:.2f}x; "
+            f"pre-pass {100 * share:.1f}% of a plain epoch"
+            for mix, row, share in summary
         )
         + "\n"
     )
@@ -185,7 +210,8 @@ def main() -> None:
             "python benchmarks/step_cost.py " + shlex.join(sys.argv[1:]),
             machine(),
             f"SmolLM2-135M-Instruct, LoRA r=16 on all projections, batch {args.batch}, "
-            f"max_length 256, {args.steps} steps per run (the first dropped as warmup), "
+            f"max_length 256, {args.steps} steps per run (the first dropped as warmup), the arms' runs "
+            f"stepped in turn in one process, {args.repeats} repeat(s), "
             f"reference cache off, default reference precision, kl_gate {args.gate}; "
             "per-step seconds from the trainer's metrics; model loading excluded.\n\n" + table,
         )

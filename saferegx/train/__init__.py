@@ -2,7 +2,7 @@
 
 from .batches import Batch, DataOrder, collate, encode, load_examples
 from .config import TrainConfig
-from .loop import NonFiniteLossError, TrainResult, train
+from .loop import NonFiniteLossError, TrainResult, train, train_steps
 
 __all__ = [
     "Batch",
@@ -14,4 +14,5 @@ __all__ = [
     "encode",
     "load_examples",
     "train",
+    "train_steps",
 ]

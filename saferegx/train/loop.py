@@ -78,6 +78,20 @@ def warmup_cosine(step: int, *, warmup: int, total: int) -> float:
 def train(cfg: TrainConfig, *, model=None, tokenizer=None, critic: SafetyCritic | None = None) -> TrainResult:
     """Fine-tune per ``cfg``. ``model``/``tokenizer`` default to ``cfg.model`` (None: the embedded
     SmolLM2); ``critic`` to ``cfg.critic`` (None: the embedded MiniLM critic)."""
+    steps = train_steps(cfg, model=model, tokenizer=tokenizer, critic=critic)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
+def train_steps(cfg: TrainConfig, *, model=None, tokenizer=None, critic: SafetyCritic | None = None):
+    """``train`` one optimizer step per ``next()``: yields each step's metrics record (as written to
+    metrics.jsonl); the generator's return value (``StopIteration.value``) is the ``TrainResult``.
+    For callers that run something between steps, e.g. several runs interleaved step by step so
+    that a shared machine's drift hits them alike. Set-up (and its errors) comes with the first
+    ``next()``."""
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     device = distributed.local_device(_device(cfg))
@@ -259,29 +273,29 @@ def train(cfg: TrainConfig, *, model=None, tokenizer=None, critic: SafetyCritic 
             seen = distributed.all_reduce_sum(
                 torch.tensor(sum(int(b.attention_mask[:n].sum()) for b, n in zip(micro, sizes)))
             )
-            log.write(
-                {
-                    "step": step,
-                    "epoch": order.epoch,
-                    "loss": loss,
-                    "ce": ce,
-                    "kl": kl,
-                    "risk": float("nan") if risk is None else distributed.mean(risk).item(),
-                    "beta": float("nan") if beta is None else distributed.mean(beta).item(),
-                    "gated_out": float("nan")
-                    if beta is None or cfg.kl_gate <= 0
-                    else distributed.mean((beta < cfg.kl_gate).float()).item(),
-                    "lr": lr,
-                    "grad_norm": grad_norm,
-                    "tokens": n_tokens,
-                    "tokens_per_s": int(seen) / seconds,
-                    "seconds": seconds,
-                }
-            )
+            record = {
+                "step": step,
+                "epoch": order.epoch,
+                "loss": loss,
+                "ce": ce,
+                "kl": kl,
+                "risk": float("nan") if risk is None else distributed.mean(risk).item(),
+                "beta": float("nan") if beta is None else distributed.mean(beta).item(),
+                "gated_out": float("nan")
+                if beta is None or cfg.kl_gate <= 0
+                else distributed.mean((beta < cfg.kl_gate).float()).item(),
+                "lr": lr,
+                "grad_norm": grad_norm,
+                "tokens": n_tokens,
+                "tokens_per_s": int(seen) / seconds,
+                "seconds": seconds,
+            }
+            log.write(record)
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}", kl=f"{kl:.4f}")
             if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == total_steps:
                 last_good = save(step)
+            yield log.history[-1]
     finally:
         bar.close()
         log.close()

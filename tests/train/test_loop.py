@@ -179,3 +179,36 @@ def test_bf16_autocast_runs_and_stays_close_to_fp32(config, tokenizer, make_mode
     )
     assert bf16.history[0]["loss"] == pytest.approx(fp32.history[0]["loss"], rel=2e-2)
     assert bf16.history[0]["loss"] != fp32.history[0]["loss"]  # autocast did take effect
+
+
+def test_train_steps_yields_each_step_and_interleaved_runs_equal_lone_ones(config, tokenizer, make_model, probe_file):
+    """train_steps gives the records train() logs, one per next(), then the TrainResult; two runs
+    stepped in turn (as benchmarks/step_cost.py runs its arms) each equal the run alone."""
+    from saferegx.train import train_steps
+
+    def cfg(name, risk):
+        return config(risk=risk, probe=probe_file()[0], max_steps=3, output_dir=str(Path(cfg_root) / name))
+
+    cfg_root = Path(config().output_dir).parent
+    alone = {
+        risk: train(cfg(f"alone-{risk}", risk), model=make_model(), tokenizer=tokenizer).history
+        for risk in ("none", "probe")
+    }
+    runs = {
+        risk: train_steps(cfg(f"turns-{risk}", risk), model=make_model(), tokenizer=tokenizer)
+        for risk in ("none", "probe")
+    }
+    records, results = {risk: [] for risk in runs}, {}
+    while runs:
+        for risk in list(runs):
+            try:
+                records[risk].append(next(runs[risk]))
+            except StopIteration as done:
+                results[risk] = done.value
+                del runs[risk]
+    for risk, h in alone.items():
+        assert [r["step"] for r in records[risk]] == [1, 2, 3]
+        assert results[risk].history == records[risk]
+        for got, want in zip(records[risk], h):
+            for k in FIELDS:  # risk and beta are None in plain SFT
+                assert got[k] == (None if want[k] is None else pytest.approx(want[k], rel=1e-6, abs=1e-9)), k
