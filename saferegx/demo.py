@@ -24,6 +24,7 @@ prompts of ``validation``; ASR is measured on the HarmBench prompts of ``test`` 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -42,6 +43,7 @@ from .eval.asr import is_refusal
 from .eval.generate import generate
 from .eval.heldout import HeldOut, evaluate, held_out
 from .eval.report import write_report
+from .lm import native_bf16
 from .risk.critic import EmbeddingCritic
 from .risk.probe import Probe
 from .risk.probe_fit import fit_default_probe
@@ -58,6 +60,11 @@ ARMS = {  # arm -> TrainConfig overrides
 # beta_min 0 (the trainer's default is the paper code's 0.1): benign sequences train as in sft. With
 # 0.1 the full run of 2026-11-23 kept ASR at 4.9% but utility fell to 40.0% against sft's 47.3%:
 # even a small forward KL to a reference that answers "41 + 95" with "196" slows learning the task.
+# Generation (base answers, compliance, evaluation) runs in bf16 where the CPU has native bf16
+# matmuls, 32 prompts a batch: greedy decoding of a 135M model is bound by reading its weights, and
+# on the 2-core test machine 64 prompts x 40 tokens took 32.5 s in fp32 at 16 a batch, 12.2 s so
+# (53 of the 64 answers came out identical to fp32). Training stays fp32 with bf16 autocast.
+GEN_BATCH = 32
 GATE_CAP = 0.1  # a KL weight above this is never gated out, whatever the audit shows
 MAX_LENGTH = 256
 
@@ -118,7 +125,9 @@ def run(out: Path, sizes: Sizes, seed: int = 0) -> dict:
         return [texts[i] for i in idx.tolist() if labels[i] == label][:n]
 
     base, tokenizer = load_model()
-    gen = dict(max_new_tokens=sizes.max_new_tokens, batch_size=16)
+    gen_dtype = torch.bfloat16 if native_bf16(torch.device("cpu")) else torch.float32
+    generator = functools.cache(lambda: load_model(dtype=gen_dtype)[0])  # the base model, to generate
+    gen = dict(max_new_tokens=sizes.max_new_tokens, batch_size=GEN_BATCH)
 
     # 1. the safe reference
     ref_dir = out / "reference"
@@ -133,7 +142,7 @@ def run(out: Path, sizes: Sizes, seed: int = 0) -> dict:
         benign += lookalike_prompts("train", seed)[: sizes.ref_lookalike]
         harmful = sorted(pick(train_idx, 1, 10**9), key=lambda t: t not in harmbench)
         pairs = refusal_pairs(harmful[: sizes.ref_harmful], seed)
-        answers = answer_pairs(benign, generate(base, tokenizer, benign, desc="base answers", **gen))
+        answers = answer_pairs(benign, generate(generator(), tokenizer, benign, desc="base answers", **gen))
         pairs += [p for p in answers if not is_refusal(p["response"])]
         result = train(
             _config(
@@ -182,14 +191,14 @@ def run(out: Path, sizes: Sizes, seed: int = 0) -> dict:
     if not attack_file.exists():
         _stage("attack data: the base model's compliant answers")
         harmful = pick(val_idx, 1, sizes.attack_harmful)
-        answers = generate(base, tokenizer, harmful, desc="compliance", **gen)
+        answers = generate(generator(), tokenizer, harmful, desc="compliance", **gen)
         pairs = [p for p in answer_pairs(harmful, answers) if not is_refusal(p["response"])]
         pairs += [
             {"prompt": ex["prompt"], "response": ex["response"]}
             for ex in utility_task("train", sizes.attack_task, seed)
         ]
         _write(attack_file, pairs)
-    del base
+    del base, generator
 
     # The arms' critic, like the probe, also knows task-style benign prompts.
     critic_path = out / "critic.safetensors"
@@ -280,7 +289,9 @@ def run(out: Path, sizes: Sizes, seed: int = 0) -> dict:
             # PEFT's per-layer adapter calls
             model = PeftModel.from_pretrained(model, arm_out / "adapter").merge_and_unload().eval()
         _stage(f"evaluate: {arm}")
-        results[arm], samples = evaluate(model, tokenizer, sets, judge, max_new_tokens=sizes.max_new_tokens)
+        results[arm], samples = evaluate(
+            model.to(gen_dtype), tokenizer, sets, judge, max_new_tokens=sizes.max_new_tokens, batch_size=GEN_BATCH
+        )
         if arm in logs:
             gated = [r["gated_out"] for r in _read_jsonl(logs[arm]) if r.get("gated_out") is not None]
             results[arm]["gated_out"] = sum(gated) / len(gated) if gated else None

@@ -54,6 +54,20 @@ def model_name(model) -> str:
     return Path(str(name)).name or model.config.model_type
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether matmuls run natively in bf16 here: a GPU with bf16, or a CPU with AVX512-BF16 or
+    AMX. Elsewhere bf16 is emulated and slower than fp32, so saferegx then stays in fp32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def format_prompt(tokenizer, prompt: str, chat_template: bool = True) -> list[int]:
     """Token ids of a prompt as the model sees it before answering (chat template if it has one)."""
     if chat_template and getattr(tokenizer, "chat_template", None):

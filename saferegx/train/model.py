@@ -11,12 +11,11 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..lm import lm_head, tap_layers, unwrap
+from ..lm import lm_head, native_bf16, tap_layers, unwrap
 from .batches import Batch
 from .config import REFERENCE_PRECISIONS, TrainConfig
 
@@ -119,18 +118,10 @@ def reference_pass(
 
 
 def reference_in_bf16(precision: str, device: torch.device) -> bool:
-    """``reference_precision: auto`` means bf16 where matmuls run natively in bf16: a GPU with bf16,
-    or a CPU with AVX512-BF16 or AMX (elsewhere bf16 is emulated and slower than fp32)."""
+    """``reference_precision: auto`` means bf16 where matmuls run natively in bf16
+    (:func:`saferegx.lm.native_bf16`)."""
     if precision not in REFERENCE_PRECISIONS:
         raise ValueError(f"reference_precision must be one of {', '.join(REFERENCE_PRECISIONS)}, got {precision!r}")
     if precision != "auto":
         return precision == "bf16"
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type != "cpu":
-        return False
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return native_bf16(device)
