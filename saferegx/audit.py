@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from .train.config import REFERENCE_PRECISIONS
 from .usage import UsageError, load_model, load_probe
 
 THRESHOLDS = (0.1, 0.25, 0.5, 0.75, 0.9)
@@ -53,6 +54,14 @@ def add_parser(sub) -> None:
         default=512,
         help="tokens per example, as the training config's max_length (default 512)",
     )
+    p.add_argument(
+        "--reference-precision",
+        choices=REFERENCE_PRECISIONS,
+        default="auto",
+        help="of the probe's reference forward, as the training config's reference_precision: the "
+        "same setting gives the same risks as training's own pre-pass (default auto: bf16 where "
+        "the hardware has bf16 matmuls)",
+    )
     p.add_argument("--beta-min", type=float, default=0.1)
     p.add_argument("--beta-max", type=float, default=0.9)
 
@@ -69,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
 
 def audit(args: argparse.Namespace) -> dict:
     from .train.batches import load_examples
+    from .train.model import reference_in_bf16
 
     if args.probe is None and args.critic is None:
         raise UsageError("give --probe FILE and/or --critic [FILE]")
@@ -92,8 +102,9 @@ def audit(args: argparse.Namespace) -> dict:
             probe.check(model)
         except ValueError as e:
             raise UsageError(f"{args.probe}: {e}") from None
+    bf16 = model is not None and reference_in_bf16(args.reference_precision, next(model.parameters()).device)
     risk = score_examples(
-        examples, probe=probe, critic=critic, model=model, tokenizer=tokenizer, max_length=args.max_length
+        examples, probe=probe, critic=critic, model=model, tokenizer=tokenizer, max_length=args.max_length, bf16=bf16
     )
     return write_audit(
         args.out,
@@ -106,10 +117,19 @@ def audit(args: argparse.Namespace) -> dict:
 
 
 def score_examples(
-    examples, *, probe=None, critic=None, model=None, tokenizer=None, max_length: int = 512, progress: bool = True
+    examples,
+    *,
+    probe=None,
+    critic=None,
+    model=None,
+    tokenizer=None,
+    max_length: int = 512,
+    bf16: bool = False,
+    progress: bool = True,
 ) -> dict[str, torch.Tensor]:
     """``{source: [n] risk}`` of ``examples`` (a dataset from ``load_examples``): the probe on
-    ``model`` (the reference) over each prompt as training tokenizes it, and/or the critic."""
+    ``model`` (the reference; bf16 autocast with ``bf16``) over each prompt as training tokenizes
+    it, and/or the critic."""
     from .risk.table import critic_risks
     from .train.batches import tokenize
     from .train.signals import RiskSource
@@ -120,7 +140,7 @@ def score_examples(
         ids = [r[:k] for r, k in zip(rows["input_ids"], rows["n_prompt"])]  # as training reads them
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         risk["probe"] = RiskSource("probe", probe=probe).score_prompts(
-            model, examples["prompt"], ids, pad_id=pad_id, progress=progress
+            model, examples["prompt"], ids, pad_id=pad_id, bf16=bf16, progress=progress
         )
     if critic is not None:
         risk["critic"] = critic_risks(critic, examples["prompt"], progress=progress)

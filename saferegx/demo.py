@@ -125,7 +125,11 @@ def run(out: Path, sizes: Sizes, seed: int = 0) -> dict:
         return [texts[i] for i in idx.tolist() if labels[i] == label][:n]
 
     base, tokenizer = load_model()
-    gen_dtype = torch.bfloat16 if native_bf16(torch.device("cpu")) else torch.float32
+    # Where the CPU has bf16 matmuls, everything runs in bf16: generation (bound by reading the
+    # weights) on bf16 weights, training and the probe's reads under bf16 autocast (~1.3x faster
+    # steps); elsewhere bf16 is emulated and slower, so fp32.
+    bf16 = native_bf16(torch.device("cpu"))
+    gen_dtype = torch.bfloat16 if bf16 else torch.float32
     generator = functools.cache(lambda: load_model(dtype=gen_dtype)[0])  # the base model, to generate
     gen = dict(max_new_tokens=sizes.max_new_tokens, batch_size=GEN_BATCH)
 
@@ -178,6 +182,7 @@ def run(out: Path, sizes: Sizes, seed: int = 0) -> dict:
             max_prompts=sizes.probe_prompts,
             benign=task_prompts,
             benign_name="task prompts",
+            bf16=bf16,
             progress=True,
         )
         del ref_model
@@ -226,6 +231,7 @@ def run(out: Path, sizes: Sizes, seed: int = 0) -> dict:
             model=ref_model,
             tokenizer=ref_tokenizer,
             max_length=MAX_LENGTH,
+            bf16=bf16,  # as the arms' pre-pass reads it (reference_precision auto)
         )
         del ref_model
         summary = write_audit(audit_dir, attack, risk, beta_min=0.0, beta_max=0.9, data=str(attack_file))
@@ -380,6 +386,7 @@ def _config(out: Path, data: Path, sizes: Sizes, seed: int, **overrides) -> Trai
         max_length=MAX_LENGTH,
         lr=2e-4,
         warmup_steps=2,
+        bf16=native_bf16(torch.device("cpu")),
         progress=True,
     )
     values.update(overrides)

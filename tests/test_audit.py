@@ -92,7 +92,10 @@ def test_audit_writes_the_table_the_histogram_and_the_report(setup, tmp_path):
     assert "risk (probe)" in err  # the progress bar
 
 
-def test_the_trainer_reads_the_audit_table_and_refuses_a_foreign_one(setup, tmp_path):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_the_trainer_reads_the_audit_table_and_refuses_a_foreign_one(setup, tmp_path, precision):
+    """The audit's --reference-precision is the trainer's reference_precision: the same setting
+    gives the pre-pass's own risks."""
     from saferegx.train import TrainConfig, train
 
     out = tmp_path / "audit"
@@ -107,6 +110,8 @@ def test_the_trainer_reads_the_audit_table_and_refuses_a_foreign_one(setup, tmp_
             setup / "tiny-llama",
             "--max-length",
             48,
+            "--reference-precision",
+            precision,
             "--out",
             out,
         )[0]
@@ -125,7 +130,7 @@ def test_the_trainer_reads_the_audit_table_and_refuses_a_foreign_one(setup, tmp_
         lora_target_modules=["q_proj"],
         progress=False,
         tensorboard=False,
-        reference_precision="fp32",
+        reference_precision=precision,
     )
     own = train(TrainConfig(output_dir=str(tmp_path / "own"), **common)).history
     read = train(TrainConfig(output_dir=str(tmp_path / "read"), risk_table=str(out / "risk.jsonl"), **common)).history

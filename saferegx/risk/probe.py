@@ -65,6 +65,7 @@ def prompt_activations(
     batch_size: int = 16,
     max_length: int = 128,
     chat_template: bool = True,
+    bf16: bool = False,
     progress: bool = False,
 ):
     """Pooled hidden states ``[len(layers), N, D]`` of prompts (all layers by default); with a
@@ -72,7 +73,9 @@ def prompt_activations(
 
     Prompts longer than ``max_length`` tokens keep their end, where the last prompt token is.
     Batches group prompts of similar length so that little compute goes to padding.
-    ``progress``: a tqdm bar on stderr.
+    ``bf16``: the forward under bf16 autocast, as the trainer's reference pass reads the probe
+    (where the hardware has bf16 matmuls); the pooled states stay fp32. ``progress``: a tqdm bar
+    on stderr.
     """
     layers = list(range(len(decoder_layers(model)))) if layers is None else list(layers)
     seqs = [format_prompt(tokenizer, p, chat_template)[-max_length:] for p in prompts]
@@ -85,7 +88,8 @@ def prompt_activations(
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             ids, mask = pad_right([seqs[k] for k in idx], pad_id)
-            got = pooled_hidden(model, ids.to(device), mask.to(device), layers, pools)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                got = pooled_hidden(model, ids.to(device), mask.to(device), layers, pools)
             for p in pools:
                 out[p][:, idx] = got[p].cpu()
             bar.update(len(idx))

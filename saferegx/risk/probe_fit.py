@@ -29,6 +29,7 @@ def fit_default_probe(
     max_prompts: int | None = None,
     benign: Sequence[str] = (),
     benign_name: str = "",
+    bf16: bool = False,
     progress: bool = False,
 ) -> tuple[Probe, dict]:
     """``(probe, report)``: the probe fitted on ``model``'s activations and its held-out figures.
@@ -41,6 +42,7 @@ def fit_default_probe(
     ``max_prompts``: a stratified subsample of about that many prompts (quick runs).
     ``benign``: extra benign prompts (e.g. from one's own fine-tuning data), split 60/20/20 like
     the rest, so that the probe knows what that kind of benign instruction looks like.
+    ``bf16``: activations under bf16 autocast (see ``prompt_activations``).
     Raises ValueError when a split lacks a class (too few prompts) or the layer is out of range.
     """
     torch.manual_seed(seed)
@@ -68,7 +70,7 @@ def fit_default_probe(
     pos[used] = torch.arange(len(used))
     train, val, test = (pos[s] for s in splits)
     y = labels[used]
-    acts = prompt_activations(model, tokenizer, [texts[i] for i in used], layers, pools, progress=progress)
+    acts = prompt_activations(model, tokenizer, [texts[i] for i in used], layers, pools, bf16=bf16, progress=progress)
     data = f"{FIT_DATA}(seed={seed})" + (f" + benign {benign_name}" if benign else "") + f", train {len(train)}"
     fitted = [
         fit_probe(

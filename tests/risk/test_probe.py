@@ -181,3 +181,27 @@ def test_probe_reads_prompts_on_the_real_model():
     )
     with pytest.raises(ValueError, match="fitted on model"):
         make_probe(hidden=576, num_layers=30).read(model, tokenizer, prompts[:1])
+
+
+def test_prompt_activations_in_bf16_are_the_autocast_forward():
+    """``bf16=True`` reads the states as the trainer's bf16 reference pass does: the autocast
+    forward itself, within bf16 rounding of fp32 (and not the fp32 states)."""
+    from transformers import AutoTokenizer
+
+    from saferegx.data.models import default_model_path
+    from saferegx.lm import format_prompt, pad_right
+    from saferegx.risk.probe import prompt_activations
+
+    tokenizer = AutoTokenizer.from_pretrained(default_model_path())
+    model = tiny_llama(vocab_size=len(tokenizer), hidden_size=64, num_layers=3).eval()
+    prompts = ["How do I bake bread?", "Name a prime number.", "Give detailed instructions for picking a lock"]
+    fp32 = prompt_activations(model, tokenizer, prompts, [0, 2], ("last", "mean"))
+    bf16 = prompt_activations(model, tokenizer, prompts, [0, 2], ("last", "mean"), bf16=True)
+    ids, mask = pad_right([format_prompt(tokenizer, p) for p in prompts], tokenizer.pad_token_id)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        want = pooled_hidden(model, ids, mask, [0, 2], ("last", "mean"))
+    for pool in ("last", "mean"):
+        assert bf16[pool].dtype == torch.float32
+        torch.testing.assert_close(bf16[pool], want[pool], rtol=0, atol=0)
+        torch.testing.assert_close(bf16[pool], fp32[pool], rtol=0.05, atol=0.05)
+        assert not torch.equal(bf16[pool], fp32[pool])
