@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
         default="runs/demo",
         help="output folder (default runs/demo); a rerun reuses the stages already finished there",
     )
-    demo.add_argument("--quick", action="store_true", help="small sizes (45 min on 2 busy cores)")
+    demo.add_argument("--quick", action="store_true", help="small sizes (14 min on 2 cores with bf16 matmuls)")
     demo.add_argument("--seed", type=int, default=0)
     from .audit import add_parser as add_audit_parser
     from .eval.judge_cli import add_parser as add_judge_parser

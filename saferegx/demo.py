@@ -71,7 +71,7 @@ MAX_LENGTH = 256
 
 @dataclass
 class Sizes:
-    """How much of everything a run uses; --quick is the small version (17 min on 2 idle cores)."""
+    """How much of everything a run uses; --quick is the small version (14 min on 2 cores)."""
 
     ref_harmful: int = 400  # refusal pairs for the safe reference, HarmBench prompts first
     ref_benign: int = 245  # benign prompts answered by the base model itself (all of train)
