@@ -15,7 +15,6 @@ from pathlib import Path
 
 import torch
 
-from .train.config import REFERENCE_PRECISIONS
 from .usage import UsageError, load_model, load_probe
 
 THRESHOLDS = (0.1, 0.25, 0.5, 0.75, 0.9)
@@ -56,11 +55,10 @@ def add_parser(sub) -> None:
     )
     p.add_argument(
         "--reference-precision",
-        choices=REFERENCE_PRECISIONS,
         default="auto",
-        help="of the probe's reference forward, as the training config's reference_precision: the "
-        "same setting gives the same risks as training's own pre-pass (default auto: bf16 where "
-        "the hardware has bf16 matmuls)",
+        help="auto | bf16 | fp32: of the probe's reference forward, as the training config's "
+        "reference_precision: the same setting gives the same risks as training's own pre-pass "
+        "(default auto: bf16 where the hardware has bf16 matmuls)",
     )
     p.add_argument("--beta-min", type=float, default=0.1)
     p.add_argument("--beta-max", type=float, default=0.9)
@@ -78,8 +76,11 @@ def run(args: argparse.Namespace) -> int:
 
 def audit(args: argparse.Namespace) -> dict:
     from .train.batches import load_examples
+    from .train.config import REFERENCE_PRECISIONS
     from .train.model import reference_in_bf16
 
+    if args.reference_precision not in REFERENCE_PRECISIONS:  # checked here: `--help` imports no trainer
+        raise UsageError(f"--reference-precision must be one of {', '.join(REFERENCE_PRECISIONS)}")
     if args.probe is None and args.critic is None:
         raise UsageError("give --probe FILE and/or --critic [FILE]")
     if not 0 <= args.beta_min <= args.beta_max <= 1:

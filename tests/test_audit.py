@@ -152,7 +152,9 @@ def test_the_trainer_reads_the_audit_table_and_refuses_a_foreign_one(setup, tmp_
         )
 
 
-@pytest.mark.parametrize("case", ["missing data", "empty data", "other model's probe", "no source", "bad line"])
+@pytest.mark.parametrize(
+    "case", ["missing data", "empty data", "other model's probe", "no source", "bad line", "bad precision"]
+)
 def test_bad_input_is_one_line_and_exit_2(setup, tmp_path, case):
     empty, bad = tmp_path / "empty.jsonl", tmp_path / "bad.jsonl"
     empty.write_text("\n")
@@ -167,6 +169,8 @@ def test_bad_input_is_one_line_and_exit_2(setup, tmp_path, case):
         extra, want = ["--probe", setup / "wide.safetensors"], "probe expects hidden size 48, model has 32"
     elif case == "no source":
         extra, want = [], "give --probe FILE and/or --critic"
+    elif case == "bad precision":
+        extra, want = [*extra, "--reference-precision", "fp16"], "--reference-precision must be one of auto, bf16, fp32"
     else:
         data, want = bad, "bad.jsonl:2: not JSON"
     code, stdout, err = run_cli(
