@@ -63,7 +63,8 @@ ARMS = {  # arm -> TrainConfig overrides
 # Generation (base answers, compliance, evaluation) runs in bf16 where the CPU has native bf16
 # matmuls, 32 prompts a batch: greedy decoding of a 135M model is bound by reading its weights, and
 # on the 2-core test machine 64 prompts x 40 tokens took 32.5 s in fp32 at 16 a batch, 12.2 s so
-# (53 of the 64 answers came out identical to fp32). Training stays fp32 with bf16 autocast.
+# (53 of the 64 answers came out identical to fp32). Training, the probe's fit and the audit run
+# under bf16 autocast there (a LoRA step 3.9 -> 2.9 s); where bf16 is emulated, all stays fp32.
 GEN_BATCH = 32
 GATE_CAP = 0.1  # a KL weight above this is never gated out, whatever the audit shows
 MAX_LENGTH = 256
@@ -125,10 +126,7 @@ def run(out: Path, sizes: Sizes, seed: int = 0) -> dict:
         return [texts[i] for i in idx.tolist() if labels[i] == label][:n]
 
     base, tokenizer = load_model()
-    # Where the CPU has bf16 matmuls, everything runs in bf16: generation (bound by reading the
-    # weights) on bf16 weights, training and the probe's reads under bf16 autocast (~1.3x faster
-    # steps); elsewhere bf16 is emulated and slower, so fp32.
-    bf16 = native_bf16(torch.device("cpu"))
+    bf16 = native_bf16(torch.device("cpu"))  # see GEN_BATCH
     gen_dtype = torch.bfloat16 if bf16 else torch.float32
     generator = functools.cache(lambda: load_model(dtype=gen_dtype)[0])  # the base model, to generate
     gen = dict(max_new_tokens=sizes.max_new_tokens, batch_size=GEN_BATCH)
@@ -155,6 +153,7 @@ def run(out: Path, sizes: Sizes, seed: int = 0) -> dict:
                 sizes,
                 seed,
                 risk="none",
+                bf16=bf16,
                 epochs=sizes.ref_epochs,
                 lr=sizes.ref_lr,
             ),
@@ -282,6 +281,7 @@ def run(out: Path, sizes: Sizes, seed: int = 0) -> dict:
                     attack_file,
                     sizes,
                     seed,
+                    bf16=bf16,
                     epochs=sizes.attack_epochs,
                     lr=sizes.attack_lr,
                     probe=str(probe_path),
@@ -386,7 +386,6 @@ def _config(out: Path, data: Path, sizes: Sizes, seed: int, **overrides) -> Trai
         max_length=MAX_LENGTH,
         lr=2e-4,
         warmup_steps=2,
-        bf16=native_bf16(torch.device("cpu")),
         progress=True,
     )
     values.update(overrides)
