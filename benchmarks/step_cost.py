@@ -20,10 +20,13 @@ runs by up to 24% between repeats when they took turns run by run, hits the same
 alike. Step i of every run trains the same batch, so the table gives, besides the ratio of median
 step times, the median of the per-step ratios (arm / plain, same step, same repeat) and the ratio
 of mean step times, which is the ratio of epoch times, with a 95% bootstrap interval over the
-paired steps. The pre-pass is reported as a share of one epoch of plain SFT: (its seconds) /
-(steps per epoch x the mean plain step).
+paired steps. Beside them, drift-free because it is timed inside the same steps, the share of
+each adaptive arm's own step time spent in the reference forward (the trainer's ``ref_seconds``):
+what the gate saves is mostly that. The pre-pass is reported as a share of one epoch of plain
+SFT: (its seconds) / (steps per epoch x the mean plain step).
 
-    .venv/bin/python benchmarks/step_cost.py [--steps 32] [--repeats 1] [--gate 0.05] [--write]
+    .venv/bin/python benchmarks/step_cost.py [--steps 32] [--repeats 1] [--gate 0.05]
+        [--arms 'adaptive,adaptive + gate'] [--write]
 """
 
 from __future__ import annotations
@@ -129,6 +132,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--gate", type=float, default=0.05, help="kl_gate of the gated arm")
     ap.add_argument("--mixes", default=",".join(MIXES), help="comma-separated, from: " + ", ".join(MIXES))
+    ap.add_argument(
+        "--arms", default="adaptive,adaptive + gate", help="comma-separated, beside plain: adaptive, adaptive + gate"
+    )
     ap.add_argument("--write", action="store_true", help=f"append the result to {RESULTS}")
     args = ap.parse_args()
 
@@ -149,12 +155,15 @@ def main() -> None:
     ).save(probe)
     del model
 
-    arms = ("plain", "adaptive", "adaptive + gate")
+    arms = ("plain", *[a.strip() for a in args.arms.split(",") if a.strip()])
+    if any(a not in ("adaptive", "adaptive + gate") for a in arms[1:]) or len(set(arms)) != len(arms):
+        ap.error(f"--arms: comma-separated, from: adaptive, adaptive + gate (got {args.arms!r})")
     table = (
         "| mix | arm | median s/step | ratio of medians | median paired ratio | ratio of means (95% CI) | "
-        "sequences gated out | pre-pass s | pre-pass / plain epoch |\n|---|---|---:|---:|---:|---:|---:|---:|---:|\n"
+        "reference forward / own step | sequences gated out | pre-pass s | pre-pass / plain epoch |\n"
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     )
-    summary = []
+    summary, steps_by_kind = [], []
     for mix in [m.strip() for m in args.mixes.split(",")]:
         data = write_mix(tmp / f"{len(summary)}.jsonl", *MIXES[mix])
         n = sum(1 for line in data.read_text().splitlines() if line.strip())
@@ -162,12 +171,14 @@ def main() -> None:
         seconds = {a: [] for a in arms}  # step i of repeat r trains the same batch in every arm
         prepass = {a: [] for a in arms}
         gated = {a: [] for a in arms}
+        ref = {a: [] for a in arms}
         for rep in range(args.repeats):
             results = run_repeat(arms, data, probe, tmp / f"{len(summary)}-{rep}", args.steps, args.batch, args.gate)
             for arm, result in results.items():
                 seconds[arm] += [r["seconds"] for r in result.history][1:]  # step 1 warms up allocator, threads
                 prepass[arm].append(result.prepass_seconds)
                 gated[arm] += [r["gated_out"] for r in result.history if r.get("gated_out") is not None]
+                ref[arm] += [r["ref_seconds"] for r in result.history][1:]
             print(
                 f"{mix} repeat {rep}: "
                 + ", ".join(f"{a} {statistics.median(seconds[a][-args.steps + 1 :]):.2f}" for a in arms)
@@ -176,7 +187,7 @@ def main() -> None:
             )
         plain, plain_mean = statistics.median(seconds["plain"]), statistics.mean(seconds["plain"])
         row = {}
-        for arm in arms:
+        for arm in arms:  # row: {arm: (ratio of medians, median paired ratio, ratio of means, CI low, high)}
             med = statistics.median(seconds[arm])
             pre = statistics.median(prepass[arm])
             paired = statistics.median(a / b for a, b in zip(seconds[arm], seconds["plain"]))
@@ -184,25 +195,40 @@ def main() -> None:
             low, high = ratio_interval(seconds[arm], seconds["plain"])
             row[arm] = (med / plain, paired, mean_ratio, low, high)
             share = "-" if arm == "plain" else f"{100 * pre / (per_epoch * plain_mean):.1f}%"
+            ref_share = "-" if arm == "plain" else f"{100 * sum(ref[arm]) / sum(seconds[arm]):.1f}%"
             table += (
                 f"| {mix} | {arm} | {med:.2f} | {med / plain:.2f}x | {paired:.2f}x | "
-                f"{mean_ratio:.2f}x ({low:.2f}-{high:.2f}) | "
+                f"{mean_ratio:.2f}x ({low:.2f}-{high:.2f}) | {ref_share} | "
                 f"{f'{100 * statistics.mean(gated[arm]):.0f}%' if gated[arm] else '-'} | "
                 f"{'-' if arm == 'plain' else f'{pre:.1f}'} | {share} |\n"
             )
-        summary.append((mix, row, statistics.median(prepass["adaptive + gate"]) / (per_epoch * plain_mean)))
+        summary.append((mix, row, statistics.median(prepass[arms[-1]]) / (per_epoch * plain_mean)))
+        if "adaptive + gate" in arms:  # the gated run's steps by whether its reference ran at all
+            for ran, name in ((False, "no gated-in sequence"), (True, "some gated in")):
+                pick = [i for i, r in enumerate(ref["adaptive + gate"]) if (r > 0) == ran]
+                if pick:
+                    g, p = [seconds["adaptive + gate"][i] for i in pick], [seconds["plain"][i] for i in pick]
+                    steps_by_kind.append(
+                        f"- {mix}, adaptive + gate, the {len(pick)} steps with {name}: "
+                        f"{sum(g) / sum(p):.2f}x plain's same steps by means, "
+                        f"{statistics.median(a / b for a, b in zip(g, p)):.2f}x paired"
+                    )
     table += (
         "\n"
         + "\n".join(
-            f"- {mix}: adaptive + gate **{row['adaptive + gate'][0]:.2f}x** plain by medians, "
-            f"{row['adaptive + gate'][1]:.2f}x paired, {row['adaptive + gate'][2]:.2f}x by means "
-            f"({row['adaptive + gate'][3]:.2f}-{row['adaptive + gate'][4]:.2f}); no gate "
-            f"{row['adaptive'][0]:.2f}x / {row['adaptive'][1]:.2f}x / {row['adaptive'][2]:.2f}x; "
-            f"pre-pass {100 * share:.1f}% of a plain epoch"
+            f"- {mix}: "
+            + "; ".join(
+                f"{arm} **{r[0]:.2f}x** plain by medians, {r[1]:.2f}x paired, "
+                f"{r[2]:.2f}x by means ({r[3]:.2f}-{r[4]:.2f})"
+                for arm, r in row.items()
+                if arm != "plain"
+            )
+            + f"; pre-pass {100 * share:.1f}% of a plain epoch"
             for mix, row, share in summary
         )
         + "\n"
     )
+    table += "\n".join(steps_by_kind) + ("\n" if steps_by_kind else "")
     print(table)
     if args.write:
         append_results(

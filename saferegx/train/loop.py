@@ -207,7 +207,7 @@ def train_steps(cfg: TrainConfig, *, model=None, tokenizer=None, critic: SafetyC
                 beta = gate(beta, cfg.kl_gate)
 
             # 2. reference pass, only for the gated-in sequences (stored after epoch 1)
-            refs = []
+            refs, ref_seconds = [], 0.0
             for k, (ids, batch) in enumerate(zip(micro_ids, micro)):
                 if beta is None:
                     refs.append(None)
@@ -217,8 +217,10 @@ def train_steps(cfg: TrainConfig, *, model=None, tokenizer=None, critic: SafetyC
                     keep = (beta[sum(sizes[:k]) : sum(sizes[: k + 1])] >= cfg.kl_gate).nonzero()[:, 0].tolist()
                 rows = cache.lookup([ids[j] for j in keep])
                 if rows is None and (keep or collective_ref):
+                    t_ref = time.perf_counter()
                     sub = batch.select(keep or [0])
                     ref_hidden, _ = reference_pass(policy, reference, sub, (), ref_bf16)
+                    ref_seconds += time.perf_counter() - t_ref
                     mask = sub.labels != IGNORE_INDEX
                     rows = ref_hidden[mask] if keep else ref_hidden[mask][:0]
                     if keep:
@@ -289,6 +291,7 @@ def train_steps(cfg: TrainConfig, *, model=None, tokenizer=None, critic: SafetyC
                 "tokens": n_tokens,
                 "tokens_per_s": int(seen) / seconds,
                 "seconds": seconds,
+                "ref_seconds": ref_seconds,  # of them, in the reference forward (0.0: it never ran)
             }
             log.write(record)
             bar.update(1)

@@ -10,7 +10,7 @@ import json
 import math
 from pathlib import Path
 
-SCALARS = ("loss", "ce", "kl", "risk", "beta", "lr", "grad_norm", "tokens_per_s")
+SCALARS = ("loss", "ce", "kl", "risk", "beta", "lr", "grad_norm", "tokens_per_s", "ref_seconds")
 
 
 class MetricsLog:

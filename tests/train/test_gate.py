@@ -97,6 +97,7 @@ def test_gated_step_equals_the_step_with_beta_zeroed_below_the_gate(
     # the reference ran once, on exactly the gated-in sequences
     kept = {p for p, b in zip(batch.prompts, zeroed) if b > 0}
     assert len(counted_reference_pass) == 1 and set(counted_reference_pass[0]) == kept
+    assert 0 < got["ref_seconds"] < got["seconds"]
     # ... cut to the longest of them (its loss rows are those of the full width: loss above)
     longest = max(int(m.sum()) for m, b in zip(batch.attention_mask, zeroed) if b > 0)
     assert counted_reference_pass.widths == [longest]
@@ -135,6 +136,7 @@ def test_batch_mode_gates_the_batch_beta(config, tokenizer, lora_model, probe_fi
     h = train(cfg, model=lora_model(), tokenizer=tokenizer).history
     assert all(r["beta"] == 0 and r["kl"] == 0 and r["gated_out"] == 1 for r in h)
     assert counted_reference_pass == []  # every batch gated out: the reference never ran
+    assert all(r["ref_seconds"] == 0.0 for r in h)
 
 
 def test_resume_with_a_gate_retraces_the_uninterrupted_run(
