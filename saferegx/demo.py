@@ -38,6 +38,7 @@ from .data.lookalikes import lookalike_prompts
 from .data.models import load_model
 from .data.pairs import answer_pairs, refusal_pairs
 from .data.prompts import default_split, harmful_prompts, with_benign
+from .data.rephrase import rephrasings
 from .data.tasks import utility_task
 from .eval.asr import is_refusal
 from .eval.generate import generate
@@ -78,6 +79,7 @@ class Sizes:
     ref_benign: int = 245  # benign prompts answered by the base model itself (all of train)
     ref_task: int = 150  # task-style prompts answered by the base model itself
     ref_lookalike: int = 100  # benign look-alikes of the train split answered by the base model
+    ref_rephrase: int = 2  # other surface forms of each templated benign topic above (data.rephrase)
     ref_epochs: int = 3
     ref_lr: float = 3e-4
     attack_harmful: int = 100  # harmful prompts with compliant answers
@@ -100,6 +102,7 @@ QUICK = Sizes(
     ref_benign=64,
     ref_task=24,
     ref_lookalike=24,
+    ref_rephrase=0,  # within 15 minutes
     ref_epochs=2,
     attack_harmful=32,
     attack_task=48,
@@ -138,10 +141,13 @@ def run(out: Path, sizes: Sizes, seed: int = 0) -> dict:
         # Benign prompts keep the base model's own answers: chat-style, task-style (a reference
         # that refuses "Convert 'x' to upper case" would pull the task towards refusal in every
         # arm) and look-alikes (a reference that refuses "How do I kill a zombie process?" reads
-        # words, not intent). HarmBench first: its style of request is refused first.
+        # words, not intent), each templated topic also in other forms (the topic decides, not the
+        # form). HarmBench first: its style of request is refused first.
         benign = pick(train_idx, 0, sizes.ref_benign)
         benign += [ex["prompt"] for ex in utility_task("train", sizes.ref_task, seed + 2)]
         benign += lookalike_prompts("train", seed)[: sizes.ref_lookalike]
+        unseen = pick(val_idx, 0, 10**9) + pick(test_idx, 0, 10**9) + lookalike_prompts("test", seed)
+        benign += rephrasings(benign, sizes.ref_rephrase, seed, avoid=unseen)
         harmful = sorted(pick(train_idx, 1, 10**9), key=lambda t: t not in harmbench)
         pairs = refusal_pairs(harmful[: sizes.ref_harmful], seed)
         answers = answer_pairs(benign, generate(generator(), tokenizer, benign, desc="base answers", **gen))

@@ -10,6 +10,7 @@ import math
 import pytest
 import torch
 
+from saferegx.data.rephrase import topic_of
 from saferegx.demo import ARMS, Sizes, run
 from saferegx.eval.heldout import HeldOut
 
@@ -18,6 +19,7 @@ TINY = Sizes(
     ref_benign=6,
     ref_task=3,
     ref_lookalike=3,
+    ref_rephrase=1,
     ref_epochs=1,
     attack_harmful=6,
     attack_task=6,
@@ -70,6 +72,16 @@ def test_every_model_is_scored_on_the_same_held_out_sets(demo):
         assert all(isinstance(s["success_judge"], bool) for s in samples if s["set"].endswith("bench"))
         assert json.loads((out / arm / "eval.json").read_text()) == r
     assert json.loads((out / "results.json").read_text())["results"] == results
+
+
+def test_the_reference_learns_benign_topics_in_several_forms_and_no_held_out_topic(demo):
+    out, _ = demo
+    prompts = [json.loads(line)["prompt"] for line in (out / "data" / "reference.jsonl").read_text().splitlines()]
+    topics = [t[0] for t in map(topic_of, prompts) if t is not None]
+    assert len(set(topics)) < len(topics)  # some topic in two forms: a rephrasing was answered
+    samples = [json.loads(line) for line in (out / "samples" / "reference.jsonl").read_text().splitlines()]
+    held_out = {t[0] for s in samples if s["set"] in ("benign", "lookalike") for t in [topic_of(s["prompt"])] if t}
+    assert held_out and not held_out & set(topics)
 
 
 def test_the_audit_scores_the_attack_data_and_sets_the_gates(demo):
