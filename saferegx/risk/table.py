@@ -118,13 +118,12 @@ def probe_risks(
 ) -> torch.Tensor:
     """Risk ``[n]`` of each prompt (token ids, as the model sees them before answering) under
     ``model`` as the reference (a PEFT model's adapters are disabled), from a forward that stops
-    at the probe's deepest layer. The prompts' common beginning (a chat template's system prompt:
-    often half of a short prompt) runs once, its KV cache reused; batches group prompts of
-    similar length."""
+    at the probe's deepest layer. A beginning that prompts share (a chat template's system prompt,
+    often half of a short prompt; an instruction template) runs once, its KV cache reused: see
+    :func:`batch_plan` for how prompts are grouped."""
     probe.check(model)
     device = next(model.parameters()).device
-    prefix = shared_prefix(prompt_ids)
-    order = sorted(range(len(prompt_ids)), key=lambda k: len(prompt_ids[k]))
+    plan = batch_plan(prompt_ids, batch_size)
     out = torch.empty(len(prompt_ids), dtype=torch.float32)
     off = model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
     was_training = model.training
@@ -133,11 +132,15 @@ def probe_risks(
         with (
             off,
             torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16),
-            tqdm(total=len(order), desc="risk (probe)", unit="prompt", file=sys.stderr, disable=not progress) as bar,
+            tqdm(
+                total=len(prompt_ids), desc="risk (probe)", unit="prompt", file=sys.stderr, disable=not progress
+            ) as bar,
         ):
-            cache, head = prefix_cache(model, prefix, probe.layers) if prefix else (None, {})
-            for start in range(0, len(order), batch_size):
-                idx = order[start : start + batch_size]
+            prefix, cache, head = [], None, {}
+            for idx, n_prefix in plan:
+                if list(prompt_ids[idx[0]][:n_prefix]) != prefix:  # a new beginning: its cache
+                    prefix = list(prompt_ids[idx[0]][:n_prefix])
+                    cache, head = prefix_cache(model, prefix, probe.layers) if prefix else (None, {})
                 ids, mask = pad_right([prompt_ids[k][len(prefix) :] for k in idx], pad_id)
                 ids, mask = ids.to(device), mask.to(device)
                 if cache is None:
@@ -152,6 +155,34 @@ def probe_risks(
     finally:
         model.train(was_training)
     return out
+
+
+def batch_plan(prompt_ids: Sequence[Sequence[int]], batch_size: int) -> list[tuple[list[int], int]]:
+    """The pre-pass's batches: ``[(prompt indices, length of the beginning they share)]``.
+
+    Two ways to group: by length, under the beginning all prompts share (little padding), or in
+    token order, each batch under its own shared beginning (an instruction template shared by a
+    family of prompts then runs once per batch, not once per prompt). The plan that runs fewer
+    token positions is taken: a batch costs its size x (its longest prompt - its beginning), each
+    distinct beginning its length once.
+    """
+    n = len(prompt_ids)
+    common = len(shared_prefix(prompt_ids))
+
+    def batches(order):
+        return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+
+    by_length = [(b, common) for b in batches(sorted(range(n), key=lambda k: len(prompt_ids[k])))]
+    by_tokens = [
+        (b, len(shared_prefix([prompt_ids[k] for k in b])))
+        for b in batches(sorted(range(n), key=lambda k: list(prompt_ids[k])))
+    ]
+
+    def positions(plan):
+        beginnings = {tuple(prompt_ids[b[0]][:p]) for b, p in plan}
+        return sum(map(len, beginnings)) + sum(len(b) * (max(len(prompt_ids[k]) for k in b) - p) for b, p in plan)
+
+    return min(by_length, by_tokens, key=positions)
 
 
 def shared_prefix(prompt_ids: Sequence[Sequence[int]], min_length: int = 4) -> list[int]:

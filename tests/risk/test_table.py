@@ -8,7 +8,7 @@ import torch
 
 from saferegx.lm import format_prompt, pad_right
 from saferegx.risk.probe import Probe
-from saferegx.risk.table import RiskTable, probe_risks, prompt_hash, shared_prefix
+from saferegx.risk.table import RiskTable, batch_plan, probe_risks, prompt_hash, shared_prefix
 
 from _models import tiny_llama
 
@@ -44,14 +44,32 @@ def probe_on(layers, pool, d=32, n_layers=4):
     )
 
 
-@pytest.mark.parametrize("chat", [True, False], ids=["shared-prefix", "no-prefix"])
+# a family of prompts that share an instruction template beyond the chat template's beginning
+TEMPLATED = [
+    f"Sort these numbers from smallest to largest: {a}, {b}. Reply with the list only."
+    for a, b in [(3, 1), (10, 2), (7, 7), (40, 5), (6, 60), (8, 1), (2, 9), (5, 50), (1, 1), (70, 3)]
+] + PROMPTS[:3]
+
+
+@pytest.mark.parametrize(
+    "chat,prompts",
+    [(True, PROMPTS), (False, PROMPTS), (True, TEMPLATED)],
+    ids=["shared-prefix", "no-prefix", "templated"],
+)
 @pytest.mark.parametrize("layers,pool", [((1,), "last"), ((0, 2), "mean")])
-def test_probe_prepass_equals_the_full_reference_forward(tokenizer, layers, pool, chat):
+def test_probe_prepass_equals_the_full_reference_forward(tokenizer, layers, pool, chat, prompts):
     model = tiny_llama(vocab_size=len(tokenizer), hidden_size=32, num_layers=4)
     probe = probe_on(layers, pool)
-    ids = [format_prompt(tokenizer, p, chat_template=chat) for p in PROMPTS]
+    ids = [format_prompt(tokenizer, p, chat_template=chat) for p in prompts]
     assert bool(shared_prefix(ids)) == chat  # the chat template's system prompt runs once
-    got = probe_risks(probe, model, ids, pad_id=tokenizer.pad_token_id, batch_size=2)  # 3 batches
+    size = 5 if prompts is TEMPLATED else 2  # 3 batches
+    plan = batch_plan(ids, size)
+    if prompts is TEMPLATED:  # the template's own beginning runs once per batch
+        assert max(n for _, n in plan) > len(shared_prefix(ids))
+    ran = []  # token positions through the first block, per call
+    model.model.layers[0].register_forward_hook(lambda m, args, out: ran.append(args[0].shape[0] * args[0].shape[1]))
+    got = probe_risks(probe, model, ids, pad_id=tokenizer.pad_token_id, batch_size=size)
+    assert sum(ran) == positions(ids, plan)  # each beginning once, each batch after its beginning
     want = []
     for seq in ids:  # one prompt at a time, the whole model, every hidden state
         with torch.no_grad():
@@ -60,6 +78,28 @@ def test_probe_prepass_equals_the_full_reference_forward(tokenizer, layers, pool
         pooled = acts[-1] if pool == "last" else acts.mean(0)
         want.append(torch.sigmoid(pooled @ probe.weight + probe.bias))
     torch.testing.assert_close(got, torch.stack(want), rtol=1e-5, atol=1e-6)
+
+
+def positions(ids, plan):
+    """Token positions a plan runs: each distinct beginning once, each batch past its beginning."""
+    beginnings = {tuple(ids[b[0]][:n]) for b, n in plan}
+    return sum(map(len, beginnings)) + sum(len(b) * (max(len(ids[k]) for k in b) - n) for b, n in plan)
+
+
+def test_batch_plan_takes_every_prompt_once_and_the_cheaper_grouping(tokenizer):
+    ids = [format_prompt(tokenizer, p) for p in TEMPLATED + PROMPTS[3:]]
+    common = len(shared_prefix(ids))
+
+    by_length = sorted(range(len(ids)), key=lambda k: len(ids[k]))
+    for size in (1, 3, 4, 100):
+        plan = batch_plan(ids, size)
+        assert sorted(k for b, _ in plan for k in b) == list(range(len(ids)))
+        assert all(0 < len(b) <= size for b, _ in plan)
+        assert all(n == len(shared_prefix([ids[k] for k in b])) or n == common for b, n in plan)
+        assert positions(ids, plan) <= positions(
+            ids, [(by_length[i : i + size], common) for i in range(0, len(ids), size)]
+        )
+    assert batch_plan([], 4) == []
 
 
 def test_shared_prefix_leaves_every_prompt_a_token():
