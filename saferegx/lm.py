@@ -145,21 +145,28 @@ def layer_outputs(
 
 
 @torch.no_grad()
-def prefix_cache(model: nn.Module, prefix: Sequence[int], layers: Sequence[int]):
+def prefix_cache(model: nn.Module, prefix: Sequence[int], layers: Sequence[int], start=None):
     """``(cache, taps)``: the KV cache of ``prefix`` (one sequence) up to the deepest of ``layers``,
     and those layers' outputs ``[1, P, D]``; :func:`layer_outputs` continues it for a batch
     (``batch_cache``), so prompts that begin alike (a chat template's system prompt) run that
-    beginning once."""
+    beginning once. ``start``: the ``(cache, taps)`` of a shorter beginning of ``prefix``, which
+    is continued (left as it was) rather than run again."""
     from transformers import DynamicCache
 
-    try:
-        cache = DynamicCache(config=unwrap(model).config)
-    except TypeError:  # older transformers: no config argument
-        cache = DynamicCache()
+    if start is None:
+        try:
+            cache = DynamicCache(config=unwrap(model).config)
+        except TypeError:  # older transformers: no config argument
+            cache = DynamicCache()
+        done, head = 0, {}
+    else:
+        cache, head = batch_cache(start[0], 1), start[1]
+        done = next(iter(head.values())).shape[1]
     device = next(model.parameters()).device
-    ids = torch.tensor([list(prefix)], dtype=torch.long, device=device)
-    taps = layer_outputs(model, ids, torch.ones_like(ids), layers, cache=cache)
-    return cache, taps
+    ids = torch.tensor([list(prefix[done:])], dtype=torch.long, device=device)
+    mask = torch.ones(1, len(prefix), dtype=torch.long, device=device)
+    taps = layer_outputs(model, ids, mask, layers, cache=cache)
+    return cache, {i: torch.cat([head[i], t], 1) for i, t in taps.items()} if head else taps
 
 
 def batch_cache(cache, batch_size: int):

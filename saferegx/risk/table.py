@@ -136,11 +136,18 @@ def probe_risks(
                 total=len(prompt_ids), desc="risk (probe)", unit="prompt", file=sys.stderr, disable=not progress
             ) as bar,
         ):
+            common = shared_prefix(prompt_ids)  # every batch's beginning continues this one
+            first = prefix_cache(model, common, probe.layers) if common else None
             prefix, cache, head = [], None, {}
             for idx, n_prefix in plan:
                 if list(prompt_ids[idx[0]][:n_prefix]) != prefix:  # a new beginning: its cache
                     prefix = list(prompt_ids[idx[0]][:n_prefix])
-                    cache, head = prefix_cache(model, prefix, probe.layers) if prefix else (None, {})
+                    if not prefix:
+                        cache, head = None, {}
+                    elif len(prefix) == len(common):
+                        cache, head = first
+                    else:
+                        cache, head = prefix_cache(model, prefix, probe.layers, start=first)
                 ids, mask = pad_right([prompt_ids[k][len(prefix) :] for k in idx], pad_id)
                 ids, mask = ids.to(device), mask.to(device)
                 if cache is None:
@@ -163,10 +170,12 @@ def batch_plan(prompt_ids: Sequence[Sequence[int]], batch_size: int) -> list[tup
     Two ways to group: by length, under the beginning all prompts share (little padding), or in
     token order, each batch under its own shared beginning (an instruction template shared by a
     family of prompts then runs once per batch, not once per prompt). The plan that runs fewer
-    token positions is taken: a batch costs its size x (its longest prompt - its beginning), each
-    distinct beginning its length once.
+    token positions is taken: a batch costs its size x (its longest prompt - its beginning), the
+    common beginning its length once, each longer beginning what it adds to that once.
     """
     n = len(prompt_ids)
+    if n == 0:
+        return []
     common = len(shared_prefix(prompt_ids))
 
     def batches(order):
@@ -179,8 +188,9 @@ def batch_plan(prompt_ids: Sequence[Sequence[int]], batch_size: int) -> list[tup
     ]
 
     def positions(plan):
-        beginnings = {tuple(prompt_ids[b[0]][:p]) for b, p in plan}
-        return sum(map(len, beginnings)) + sum(len(b) * (max(len(prompt_ids[k]) for k in b) - p) for b, p in plan)
+        beginnings = {tuple(prompt_ids[b[0]][:p]) for b, p in plan} - {tuple(prompt_ids[0][:common])}
+        once = common + sum(len(t) - common for t in beginnings)
+        return once + sum(len(b) * (max(len(prompt_ids[k]) for k in b) - p) for b, p in plan)
 
     return min(by_length, by_tokens, key=positions)
 

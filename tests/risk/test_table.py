@@ -81,9 +81,12 @@ def test_probe_prepass_equals_the_full_reference_forward(tokenizer, layers, pool
 
 
 def positions(ids, plan):
-    """Token positions a plan runs: each distinct beginning once, each batch past its beginning."""
-    beginnings = {tuple(ids[b[0]][:n]) for b, n in plan}
-    return sum(map(len, beginnings)) + sum(len(b) * (max(len(ids[k]) for k in b) - n) for b, n in plan)
+    """Token positions a plan runs: the common beginning once, what each longer beginning adds to
+    it once, each batch past its beginning."""
+    common = len(shared_prefix(ids))
+    beginnings = {tuple(ids[b[0]][:n]) for b, n in plan} - {tuple(ids[0][:common])}
+    once = common + sum(len(t) - common for t in beginnings)
+    return once + sum(len(b) * (max(len(ids[k]) for k in b) - n) for b, n in plan)
 
 
 def test_batch_plan_takes_every_prompt_once_and_the_cheaper_grouping(tokenizer):
