@@ -11,8 +11,8 @@ on two mixes of harmful prompts (with ~64-token compliant-looking answers, as th
 data) and the demo's benign utility task: the demo's proportion (85 harmful : 300 task) and a
 realistic one (5% harmful). The risk each example gets is its own ``risk`` field (1 harmful, 0
 task: what a good probe gives), while the probe's pre-pass still runs over every prompt, so its
-cost is real (a random probe at layer 21, the demo's layer). The adaptive arms use the demo's
-schedule (sequence mode, beta 0..0.9).
+cost is real (a random probe at layer 20, mean-pooled: the probe of the README's demo run). The
+adaptive arms use the demo's schedule (sequence mode, beta 0..0.9).
 
 The three runs of a repeat live in one process and take turns *step by step* (``train_steps``; the
 order of the turns alternates, A B C, C B A, ...), so a shared machine's drift, which moved whole
@@ -145,8 +145,8 @@ def main() -> None:
     Probe(
         torch.randn(d) * 0.05,
         0.0,
-        (21,),
-        "last",
+        (20,),
+        "mean",
         model_name(model),
         d,
         n_layers,

@@ -79,7 +79,11 @@ class Sizes:
     ref_benign: int = 245  # benign prompts answered by the base model itself (all of train)
     ref_task: int = 150  # task-style prompts answered by the base model itself
     ref_lookalike: int = 100  # benign look-alikes of the train split answered by the base model
-    ref_rephrase: int = 2  # other surface forms of each templated benign topic above (data.rephrase)
+    # Other surface forms of each templated benign topic above (data.rephrase). Off: in the full
+    # run of 2026-12-07 (558941e) two more forms each cut the reference's over-refusal from 23.2%
+    # to 14.6% (benign) and 33.8% to 20.0% (look-alikes), but its ASR rose from 4.9% to 9.8%
+    # (HarmBench) and 4.5% to 6.0% (AdvBench), over the 5% the reference must keep.
+    ref_rephrase: int = 0
     ref_epochs: int = 3
     ref_lr: float = 3e-4
     attack_harmful: int = 100  # harmful prompts with compliant answers
@@ -102,7 +106,6 @@ QUICK = Sizes(
     ref_benign=64,
     ref_task=24,
     ref_lookalike=24,
-    ref_rephrase=0,  # within 15 minutes
     ref_epochs=2,
     attack_harmful=32,
     attack_task=48,
@@ -141,8 +144,8 @@ def run(out: Path, sizes: Sizes, seed: int = 0) -> dict:
         # Benign prompts keep the base model's own answers: chat-style, task-style (a reference
         # that refuses "Convert 'x' to upper case" would pull the task towards refusal in every
         # arm) and look-alikes (a reference that refuses "How do I kill a zombie process?" reads
-        # words, not intent), each templated topic also in other forms (the topic decides, not the
-        # form). HarmBench first: its style of request is refused first.
+        # words, not intent), optionally each templated topic in other forms too (the topic
+        # decides, not the form). HarmBench first: its style of request is refused first.
         benign = pick(train_idx, 0, sizes.ref_benign)
         benign += [ex["prompt"] for ex in utility_task("train", sizes.ref_task, seed + 2)]
         benign += lookalike_prompts("train", seed)[: sizes.ref_lookalike]

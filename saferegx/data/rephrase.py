@@ -3,10 +3,11 @@ phrasings, for the safe reference's benign side.
 
 Each benign topic appears once, in one form, and most prompts in a form like "Give a detailed
 tutorial on how to {}" are harmful, so a small model aligned on them learns that the form means
-refusal: the reference of 2026-12-07 refused "Give a detailed tutorial on how to pickle
-cucumbers". The same benign topic answered in several of those forms says that the topic decides,
-not the form. Only the topics of the prompts given are rephrased, and ``avoid`` keeps topics of
-held-out prompts out, so no held-out topic leaks into training.
+refusal: the demo's reference refused "Give a detailed tutorial on how to pickle cucumbers". The
+same benign topic answered in several of those forms says that the topic decides, not the form.
+Only the topics of the prompts given are rephrased, and ``avoid`` keeps topics of held-out prompts
+out, so no held-out topic leaks into training. In the demo's full run it cut over-refusal and
+raised ASR (``saferegx.demo.Sizes.ref_rephrase``, off by default, says by how much).
 """
 
 from __future__ import annotations
