@@ -79,13 +79,9 @@ class Sizes:
     ref_benign: int = 245  # benign prompts answered by the base model itself (all of train)
     ref_task: int = 150  # task-style prompts answered by the base model itself
     ref_lookalike: int = 100  # benign look-alikes of the train split answered by the base model
-    # Other surface forms of each templated benign topic above (data.rephrase). Off: in the full
-    # run of 2026-12-07 (558941e) two more forms each cut the reference's over-refusal from 23.2%
-    # to 14.6% (benign) and 33.8% to 20.0% (look-alikes), but its ASR rose from 4.9% to 9.8%
-    # (HarmBench) and 4.5% to 6.0% (AdvBench), over the 5% the reference must keep. With a fourth
-    # reference epoch too (full run of 2026-12-07, 9466e20 with both set): over-refusal 12.2% and
-    # 21.2% at ASR 4.9% and 4.0%, but the adaptive arms' HarmBench ASR rose to 14.6% (probe) and
-    # 17.1% (critic), over their margins of 5 and 10 points above the reference's; 82 minutes.
+    # Other surface forms of each templated benign topic above (data.rephrase). Off: in full runs
+    # two more forms (with 3 or 4 reference epochs) cut the reference's over-refusal but cost the
+    # reference's ASR target or the adaptive arms' margins; the README gives both runs' figures.
     ref_rephrase: int = 0
     ref_epochs: int = 3
     ref_lr: float = 3e-4
