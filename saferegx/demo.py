@@ -81,7 +81,7 @@ class Sizes:
     ref_lookalike: int = 100  # benign look-alikes of the train split answered by the base model
     # Other surface forms of each templated benign topic above (data.rephrase). Off: in full runs
     # two more forms (with 3 or 4 reference epochs) cut the reference's over-refusal but cost the
-    # reference's ASR target or the adaptive arms' margins; the README gives both runs' figures.
+    # reference's ASR target or the adaptive arms' margins; docs/demo.md gives the runs' figures.
     ref_rephrase: int = 0
     ref_epochs: int = 3
     ref_lr: float = 3e-4

@@ -7,7 +7,7 @@ refusal: the demo's reference refused "Give a detailed tutorial on how to pickle
 same benign topic answered in several of those forms says that the topic decides, not the form.
 Only the topics of the prompts given are rephrased, and ``avoid`` keeps topics of held-out prompts
 out, so no held-out topic leaks into training. In the demo's full run it cut over-refusal and
-raised ASR (``saferegx.demo.Sizes.ref_rephrase``, off by default; the README gives the figures).
+raised ASR (``saferegx.demo.Sizes.ref_rephrase``, off by default; docs/demo.md gives the figures).
 """
 
 from __future__ import annotations
